@@ -1,0 +1,34 @@
+# Two entry points, both safe on a fresh machine: `make demo` and `make test`.
+# Each creates/refreshes the virtual environment (torch first, pinned CPU build), then runs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+OPENLAM := MUJOCO_GL=egl $(VENV)/bin/openlam
+TORCH_SPEC ?= torch==2.13.0
+DEMO   ?= runs/demo
+
+.PHONY: setup test demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile scripts/system_deps.sh
+	bash scripts/system_deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[sim,dev]"
+	touch $@
+
+test: setup
+	MUJOCO_GL=egl $(PY) -m pytest -n 2 -q --durations=10
+
+demo: setup
+	$(OPENLAM) generate metaworld --tasks reach-v3,push-v3,button-press-topdown-v3,drawer-open-v3 \
+		--episodes 3 --cameras corner,corner2,corner3,topview --size 64 --distractors mild \
+		--action-noise 0.1 --workers 2 --seed 0 --out $(DEMO)/data --overwrite
+	$(OPENLAM) validate $(DEMO)/data
+	$(OPENLAM) summary $(DEMO)/data --out $(DEMO)
+	@echo "demo outputs: $(DEMO)/contact_sheet.png $(DEMO)/summary.md"
+
+clean:
+	rm -rf $(VENV) runs

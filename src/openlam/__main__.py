@@ -1,0 +1,3 @@
+from openlam.cli import main
+
+raise SystemExit(main())

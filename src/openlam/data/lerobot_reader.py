@@ -1,0 +1,251 @@
+"""Read any LeRobot v3.x dataset (any camera set, chunked files, video or image features)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from openlam.artifacts import fingerprint_files
+from openlam.data import lerobot_format as fmt
+from openlam.data.episode import ActionSpace, Episode
+from openlam.data.source import EpisodeInfo, EpisodeSource
+from openlam.data.splits import SplitConfig, make_splits
+from openlam.data.video import decode_range, resize_frame
+from openlam.errors import DataError
+
+REQUIRED_INFO = ["codebase_version", "fps", "features"]
+REQUIRED_EPISODE_COLUMNS = ["episode_index", "length", "data/chunk_index", "data/file_index", "dataset_from_index", "dataset_to_index"]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(path, "(whole file)", "valid JSON", f"parse error at line {e.lineno}: {e.msg}") from None
+
+
+def _names(feature: dict[str, Any], dim: int) -> list[str]:
+    names = feature.get("names")
+    if isinstance(names, dict):  # e.g. {"motors": [...]}
+        names = next(iter(names.values()), None)
+    if isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names):
+        return names
+    return [f"d{i}" for i in range(dim)]
+
+
+class LeRobotSource(EpisodeSource):
+    def __init__(self, path: str | Path, split_config: SplitConfig | None = None):
+        self.path = root = Path(path)
+        info_path = root / "meta" / "info.json"
+        self.info = info = _read_json(info_path)
+        for key in REQUIRED_INFO:
+            if key not in info:
+                raise DataError(info_path, key, "present (LeRobot v3 info.json)", "missing")
+        version = str(info["codebase_version"])
+        if not version.startswith("v3"):
+            raise DataError(info_path, "codebase_version", "v3.x (LeRobot v3 layout); convert older datasets with lerobot's v2.1->v3.0 converter", version)
+        self.fps = float(info["fps"])
+        if not self.fps > 0:
+            raise DataError(info_path, "fps", "a positive number", str(info["fps"]))
+        feats: dict[str, Any] = info["features"]
+        if not isinstance(feats, dict) or not feats:
+            raise DataError(info_path, "features", "a non-empty mapping of feature name -> {dtype, shape}")
+        for name, f in feats.items():
+            if not isinstance(f, dict) or "dtype" not in f or "shape" not in f:
+                raise DataError(info_path, f"features.{name}", "a mapping with 'dtype' and 'shape'", repr(f)[:80])
+        self.features = feats
+        visual = {k: f for k, f in feats.items() if f["dtype"] in ("video", "image")}
+        self.camera_keys = {fmt.camera_of(k): k for k in visual if not k.startswith(fmt.MASK_PREFIX)}
+        self.mask_keys = {fmt.camera_of(k): k for k in visual if k.startswith(fmt.MASK_PREFIX)}
+        self.cameras = list(self.camera_keys)
+        self.mask_cameras = [c for c in self.mask_keys if c in self.camera_keys]
+        if not self.cameras:
+            raise DataError(info_path, "features", "at least one camera (a feature of dtype video or image)", "none")
+        self.video_path_tpl = info.get("video_path") or fmt.VIDEO_PATH
+
+        self.extras_meta = _read_json(root / fmt.OPENLAM_META) if (root / fmt.OPENLAM_META).is_file() else {}
+        self.tasks = self._read_tasks()
+        self.ep_table = self._read_episodes()
+        n = len(self.ep_table["episode_index"])
+        if int(info.get("total_episodes", n)) != n:
+            raise DataError(info_path, "total_episodes", f"{n} (rows in meta/episodes)", str(info.get("total_episodes")))
+
+        a_feat = feats.get("action")
+        self.action_dim = int(np.prod(a_feat["shape"])) if a_feat else None
+        if a_feat and self.extras_meta.get("action_space"):
+            self.action_space: ActionSpace | None = ActionSpace.from_dict(self.extras_meta["action_space"])
+        elif a_feat:
+            self.action_space = ActionSpace.guess(_names(a_feat, self.action_dim or 0))
+        else:
+            self.action_space = None
+        s_feat = feats.get("observation.state")
+        self.state_names = _names(s_feat, int(np.prod(s_feat["shape"]))) if s_feat else None
+        skip = {"action", "observation.state"} | set(fmt.DEFAULT_FEATURES) | set(visual)
+        self.extra_features = [k for k, f in feats.items() if k not in skip and f["dtype"] not in ("string",)]
+        self.robot_type = info.get("robot_type") or "unknown"
+
+        ep_meta = self.extras_meta.get("episodes") or [{} for _ in range(n)]
+        if len(ep_meta) != n:
+            raise DataError(root / fmt.OPENLAM_META, "episodes", f"{n} entries (one per episode)", str(len(ep_meta)))
+        self.episodes = []
+        for i in range(n):
+            tasks = self.ep_table["tasks"][i] if "tasks" in self.ep_table else []
+            self.episodes.append(
+                EpisodeInfo(
+                    index=i,
+                    length=int(self.ep_table["length"][i]),
+                    fps=self.fps,
+                    language=tasks[0] if tasks else "",
+                    robot=ep_meta[i].get("robot", self.robot_type),
+                    metadata=dict(ep_meta[i].get("metadata", {})),
+                )
+            )
+        self.splits = self.extras_meta.get("splits") or make_splits(self.episodes, self.cameras, split_config or SplitConfig())
+        self._table_cache: tuple[Path, pa.Table, np.ndarray] | None = None
+
+    # -- metadata ---------------------------------------------------------------------------
+    def _read_tasks(self) -> dict[int, str]:
+        p = self.path / "meta" / "tasks.parquet"
+        if not p.is_file():
+            if int(self.info.get("total_tasks", 0)) > 0:
+                raise DataError(p, "(file)", "meta/tasks.parquet (info.json says total_tasks > 0)", "missing")
+            return {}
+        t = pq.read_table(p)
+        idx_col = "task_index"
+        txt_col = next((c for c in ("task", "__index_level_0__") if c in t.column_names), None)
+        if idx_col not in t.column_names or txt_col is None:
+            raise DataError(p, "columns", "task_index and task (string index)", str(t.column_names))
+        return dict(zip(t[idx_col].to_pylist(), t[txt_col].to_pylist()))
+
+    def _read_episodes(self) -> dict[str, list[Any]]:
+        files = sorted((self.path / "meta" / "episodes").glob("*/*.parquet"))
+        if not files:
+            raise DataError(self.path / "meta" / "episodes", "(files)", "chunk-XXX/file-YYY.parquet episode tables", "none")
+        tables = []
+        for f in files:
+            t = pq.read_table(f)
+            t = t.select([c for c in t.column_names if not c.startswith("stats/")])
+            missing = [c for c in REQUIRED_EPISODE_COLUMNS if c not in t.column_names]
+            for key in self.camera_keys.values():
+                if self.features[key]["dtype"] == "video":
+                    missing += [c for c in (f"videos/{key}/chunk_index", f"videos/{key}/file_index", f"videos/{key}/from_timestamp") if c not in t.column_names]
+            if missing:
+                raise DataError(f, "columns", f"episode columns including {missing}", "missing")
+            tables.append(t)
+        table = pa.concat_tables(tables, promote_options="default").to_pydict()
+        order = np.argsort(table["episode_index"], kind="stable")
+        table = {k: [v[i] for i in order] for k, v in table.items()}
+        if table["episode_index"] != list(range(len(order))):
+            raise DataError(files[0], "episode_index", f"0..{len(order) - 1} without gaps", f"{table['episode_index'][:10]}...")
+        return table
+
+    def fingerprint(self) -> str:
+        files = [p for p in self.path.rglob("*") if p.is_file()]
+        return fingerprint_files(files, root=self.path)
+
+    # -- episodes -----------------------------------------------------------------------------
+    def _rows(self, i: int) -> tuple[Path, pa.Table]:
+        e = self.ep_table
+        path = self.path / (self.info.get("data_path") or fmt.DATA_PATH).format(
+            chunk_index=e["data/chunk_index"][i], file_index=e["data/file_index"][i], episode_chunk=0, episode_index=i
+        )
+        if self._table_cache is None or self._table_cache[0] != path:
+            if not path.is_file():
+                raise DataError(path, "(file)", f"data parquet for episode {i}", "missing")
+            t = pq.read_table(path)
+            if "index" not in t.column_names:
+                raise DataError(path, "index", "a global frame index column", "missing")
+            self._table_cache = (path, t, t["index"].to_numpy())
+        _, t, index = self._table_cache
+        lo, hi = e["dataset_from_index"][i], e["dataset_to_index"][i]
+        a, b = np.searchsorted(index, lo), np.searchsorted(index, hi)
+        rows = t.slice(a, b - a)
+        length = e["length"][i]
+        if rows.num_rows != length or hi - lo != length:
+            raise DataError(path, "rows", f"{length} rows for episode {i} (index {lo}..{hi - 1})", f"{rows.num_rows}")
+        if "episode_index" in rows.column_names and not np.all(rows["episode_index"].to_numpy() == i):
+            raise DataError(path, "episode_index", f"{i} for rows {lo}..{hi - 1}")
+        return path, rows
+
+    def _array(self, rows: pa.Table, col: str, path: Path, i: int) -> np.ndarray:
+        if col not in rows.column_names:
+            raise DataError(path, col, f"a column '{col}' (declared in info.json features)", "missing")
+        c = rows[col].combine_chunks()
+        T = rows.num_rows
+        if pa.types.is_list(c.type) or pa.types.is_fixed_size_list(c.type) or pa.types.is_large_list(c.type):
+            flat = c.flatten().to_numpy(zero_copy_only=False)
+            if flat.size % max(T, 1):
+                raise DataError(path, col, "equal-length vectors per frame", f"{flat.size} values for {T} frames (episode {i})")
+            arr = flat.reshape(T, -1)
+        else:
+            arr = c.to_numpy(zero_copy_only=False)
+        return arr
+
+    def _video(self, key: str, i: int, size: int | None, crop: str, mask: bool) -> np.ndarray:
+        e = self.ep_table
+        T = e["length"][i]
+        col = f"videos/{key}"
+        if f"{col}/from_timestamp" not in e:
+            raise DataError(self.path / "meta" / "episodes", f"{col}/from_timestamp", "present for every video feature", "missing")
+        path = self.path / self.video_path_tpl.format(
+            video_key=key, chunk_index=e[f"{col}/chunk_index"][i], file_index=e[f"{col}/file_index"][i],
+            episode_chunk=0, episode_index=i,
+        )
+        start = float(e[f"{col}/from_timestamp"][i])
+        if f"{col}/to_timestamp" in e:
+            span = (float(e[f"{col}/to_timestamp"][i]) - start) * self.fps
+            if abs(span - T) > 0.5:
+                raise DataError(
+                    self.path / "meta" / "episodes", f"{col}/to_timestamp",
+                    f"{T} frames of video for episode {i} (length column)", f"{span:.1f} frames",
+                )
+        return decode_range(path, start, T, self.fps, mask=mask, size=size, crop=crop, where=f"episode {i}")
+
+    def _image_column(self, rows: pa.Table, key: str, path: Path, size: int | None, crop: str, mask: bool) -> np.ndarray:
+        if key not in rows.column_names:
+            raise DataError(path, key, "an image column (dtype image)", "missing")
+        out = []
+        for item in rows[key].to_pylist():
+            data = item.get("bytes") if isinstance(item, dict) else item
+            if data is None and isinstance(item, dict) and item.get("path"):
+                data = (path.parent / item["path"]).read_bytes()
+            img = np.asarray(Image.open(io.BytesIO(data)).convert("L" if mask else "RGB"))
+            img = resize_frame(img, size, crop)
+            out.append(img > 127 if mask else img)
+        return np.stack(out)
+
+    def load(self, index: int, cameras: list[str] | None = None, *, size: int | None = None, crop: str = "center") -> Episode:
+        if not 0 <= index < len(self.episodes):
+            raise IndexError(f"{self.path}: episode {index} out of range 0..{len(self.episodes) - 1}")
+        cams = self.check_cameras(cameras)
+        path, rows = self._rows(index)
+        frames, masks = {}, {}
+        for cam in cams:
+            for key, store, is_mask in [(self.camera_keys[cam], frames, False)] + (
+                [(self.mask_keys[cam], masks, True)] if cam in self.mask_cameras else []
+            ):
+                if self.features[key]["dtype"] == "video":
+                    store[cam] = self._video(key, index, size, crop, is_mask)
+                else:
+                    store[cam] = self._image_column(rows, key, path, size, crop, is_mask)
+        info = self.episodes[index]
+        actions = state = None
+        if self.action_dim is not None:
+            actions = self._array(rows, "action", path, index).astype(np.float32)
+        if self.state_names is not None:
+            state = self._array(rows, "observation.state", path, index).astype(np.float32)
+        extras = {k: self._array(rows, k, path, index) for k in self.extra_features}
+        ep = Episode(
+            frames=frames, fps=self.fps, language=info.language, robot=info.robot, masks=masks,
+            actions=actions, action_space=self.action_space, state=state, state_names=self.state_names,
+            extras=extras, metadata=dict(info.metadata),
+        )
+        ep.validate(f"{path} (episode {index})")
+        return ep

@@ -1,0 +1,75 @@
+"""Episode-level splits (never frame-level), including named out-of-distribution sets.
+
+Assignment is by a seeded hash of each episode's key, stratified by task, so it is deterministic
+and an episode keeps its split when others are added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from openlam.data.source import EpisodeInfo
+
+
+@dataclass
+class SplitConfig:
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    holdout_tasks: list[str] = field(default_factory=list)  # whole tasks kept out: split "ood_task"
+    holdout_cameras: list[str] = field(default_factory=list)  # views kept out: split "ood_camera"
+
+    def validate(self) -> None:
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("split fractions must be in [0, 1) and sum to < 1")
+
+
+def _hash01(seed: int, key: str) -> float:
+    h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def make_splits(infos: list[EpisodeInfo], cameras: list[str], cfg: SplitConfig) -> dict[str, dict[str, Any]]:
+    """train/val/test over in-distribution episodes, plus:
+
+    - `ood:<preset>` for episodes recorded with an OOD distractor preset (metadata
+      `distractor_role == "ood"`),
+    - `ood_task` for `holdout_tasks`,
+    - `ood_camera`: the test episodes seen through `holdout_cameras` only; those cameras are then
+      excluded from train/val/test (recorded in each split's "cameras").
+    """
+    groups: dict[str, list[EpisodeInfo]] = defaultdict(list)
+    ood: dict[str, list[int]] = defaultdict(list)
+    for e in infos:
+        task = str(e.metadata.get("task", e.language))
+        if task in cfg.holdout_tasks:
+            ood["ood_task"].append(e.index)
+        elif e.metadata.get("distractor_role") == "ood":
+            ood[f"ood:{e.metadata.get('distractor_preset', 'unknown')}"].append(e.index)
+        else:
+            groups[task].append(e)
+    split_eps: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for task in sorted(groups):
+        eps = sorted(groups[task], key=lambda e: _hash01(cfg.seed, str(e.metadata.get("key", e.index))))
+        n = len(eps)
+        n_test = round(n * cfg.test_fraction)
+        n_val = round(n * cfg.val_fraction)
+        if n >= 3:  # small groups still get one held-out episode per nonzero fraction
+            n_test = max(n_test, 1 if cfg.test_fraction > 0 else 0)
+            n_val = max(n_val, 1 if cfg.val_fraction > 0 else 0)
+        split_eps["test"] += [e.index for e in eps[:n_test]]
+        split_eps["val"] += [e.index for e in eps[n_test : n_test + n_val]]
+        split_eps["train"] += [e.index for e in eps[n_test + n_val :]]
+    seen_cams = [c for c in cameras if c not in cfg.holdout_cameras]
+    out: dict[str, dict[str, Any]] = {
+        name: {"episodes": sorted(ix), "cameras": seen_cams} for name, ix in split_eps.items()
+    }
+    for name, ix in sorted(ood.items()):
+        out[name] = {"episodes": sorted(ix), "cameras": seen_cams}
+    held = [c for c in cfg.holdout_cameras if c in cameras]
+    if held:
+        out["ood_camera"] = {"episodes": sorted(split_eps["test"]), "cameras": held}
+    return out
