@@ -1,0 +1,171 @@
+"""`openlam <stage> ...`: one subcommand per pipeline stage. Thin: parse, build a typed config, call
+the stage function. Trailing KEY=VALUE arguments override config fields (e.g. splits.seed=3)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from openlam.errors import OpenLAMError
+
+
+def _csv(s: str) -> list[str]:
+    return [x for x in s.split(",") if x]
+
+
+def _flags_to_overrides(pairs: dict[str, Any]) -> list[str]:
+    out = []
+    for k, v in pairs.items():
+        if v is None:
+            continue
+        if isinstance(v, list):
+            v = "[" + ",".join(json.dumps(x) for x in v) + "]"
+        elif isinstance(v, bool):
+            v = "true" if v else "false"
+        out.append(f"{k}={v}")
+    return out
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from openlam.config import dump_config, load_config
+    from openlam.sim.generate import GenerateConfig, generate
+
+    flags = {
+        "tasks": a.tasks, "episodes": a.episodes, "cameras": a.cameras, "size": a.size, "distractors": a.distractors,
+        "action_noise": a.action_noise, "workers": a.workers, "seed": a.seed, "max_steps": a.max_steps,
+        "only_success": True if a.only_success else None, "masks": False if a.no_masks else None,
+    }
+    cfg = load_config(GenerateConfig, a.config, _flags_to_overrides(flags) + a.overrides)
+    print(dump_config(cfg), file=sys.stderr)
+    s = generate(cfg, a.out, overwrite=a.overwrite)
+    print(f"wrote {a.out}: {s['episodes']} episodes, {s['steps']} timesteps, success rate {s['success_rate']:.2f}, "
+          f"{s['steps_per_s']:.1f} timesteps/s over {s['wall_s']:.1f} s")
+    return 0
+
+
+def cmd_cache(a: argparse.Namespace) -> int:
+    from openlam.config import load_config
+    from openlam.data.cache import CacheConfig, build_cache
+    from openlam.data.source import open_dataset
+
+    cfg = load_config(CacheConfig, None, _flags_to_overrides({"size": a.size, "crop": a.crop, "cameras": a.cameras, "workers": a.workers}) + a.overrides)
+    src = open_dataset(a.dataset, **({"fps": a.fps} if a.fps else {}))
+    out = build_cache(src, a.out, cfg, overwrite=a.overwrite)
+    print(f"wrote cache {out} ({len(src)} episodes, cameras {cfg.cameras or src.cameras}, {cfg.size} px)")
+    return 0
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    from openlam.data.validate import validate_dataset
+
+    problems = validate_dataset(a.dataset, decode=not a.quick)
+    for p in problems:
+        print(f"ERROR {p}")
+    if problems:
+        print(f"{a.dataset}: {len(problems)} problem(s)")
+        return 1
+    print(f"{a.dataset}: OK")
+    return 0
+
+
+def cmd_summary(a: argparse.Namespace) -> int:
+    from openlam.data.summary import to_markdown, write_summary
+
+    s = write_summary(a.dataset, a.out, sheet_episodes=a.episodes)
+    print(to_markdown(s))
+    print(f"wrote {Path(a.out) / 'summary.md'} and {Path(a.out) / 'contact_sheet.png'}")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from openlam.bench.report import record
+
+    if a.what == "data":
+        from openlam.bench.data import bench_data
+
+        r = bench_data(a.dataset, batch_size=a.batch_size, workers=a.workers)
+        notes = "target: >= 2,000 pairs/s at 64 px, 2 workers"
+    else:
+        from openlam.bench.generate import bench_generate
+
+        r = bench_generate(workers=a.workers, episodes=a.episodes)
+        notes = "target: >= 40 timesteps/s (3 cameras, 64 px, masks) on 2 cores"
+    section = record(f"bench {a.what}", r, notes, path=a.out)
+    print(section)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="openlam", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("generate", help="generate a dataset from a simulator")
+    g.add_argument("sim", choices=["metaworld"])
+    g.add_argument("--out", required=True)
+    g.add_argument("--config", help="YAML GenerateConfig; flags and KEY=VALUE override it")
+    g.add_argument("--tasks", type=_csv)
+    g.add_argument("--episodes", type=int, help="episodes per task")
+    g.add_argument("--cameras", type=_csv)
+    g.add_argument("--size", type=int)
+    g.add_argument("--distractors", help="preset: none, jitter, mild, ood_camera, ood_light, ood_texture, ood_objects, ood_shake, ood_all")
+    g.add_argument("--action-noise", type=float)
+    g.add_argument("--workers", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--max-steps", type=int)
+    g.add_argument("--only-success", action="store_true")
+    g.add_argument("--no-masks", action="store_true")
+    g.add_argument("--overwrite", action="store_true")
+    g.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
+    g.set_defaults(fn=cmd_generate)
+
+    c = sub.add_parser("cache", help="decode a dataset once into uint8 memmaps")
+    c.add_argument("dataset")
+    c.add_argument("--out", required=True)
+    c.add_argument("--size", type=int)
+    c.add_argument("--crop", choices=["center", "stretch"])
+    c.add_argument("--cameras", type=_csv)
+    c.add_argument("--fps", type=float, help="frame rate for image-sequence folders")
+    c.add_argument("--workers", type=int)
+    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("overrides", nargs="*")
+    c.set_defaults(fn=cmd_cache)
+
+    v = sub.add_parser("validate", help="report every problem in a dataset")
+    v.add_argument("dataset")
+    v.add_argument("--quick", action="store_true", help="structure only, do not decode videos")
+    v.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser("summary", help="dataset summary (markdown + json) and contact sheet")
+    s.add_argument("dataset")
+    s.add_argument("--out", required=True)
+    s.add_argument("--episodes", type=int, default=3, help="episodes on the contact sheet")
+    s.set_defaults(fn=cmd_summary)
+
+    b = sub.add_parser("bench", help="throughput benchmarks, written to docs/benchmarks.md")
+    b.add_argument("what", choices=["data", "generate"])
+    b.add_argument("--dataset", help="(data) dataset to benchmark on; default: synthetic")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--workers", type=int, default=2)
+    b.add_argument("--episodes", type=int, default=4, help="(generate) episodes per task")
+    b.add_argument("--out", default="docs/benchmarks.md")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except OpenLAMError as e:
+        print(f"openlam {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except (KeyError, ValueError) as e:
+        print(f"openlam {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""`openlam validate DATASET`: find every problem, each with its file, field and expected form.
+
+Unlike the reader, which stops at the first problem, this keeps going: structure first (info.json,
+features, tables, files), then every episode fully decoded (frame counts per view, timestamps,
+actions/state finite and of the declared shape). An episode's first problem is reported and the
+check moves on to the next episode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from openlam.data import lerobot_format as fmt
+from openlam.data.source import open_dataset
+from openlam.errors import DataError
+
+
+def validate_dataset(path: str | Path, decode: bool = True) -> list[DataError]:
+    path = Path(path)
+    problems: list[DataError] = []
+    try:
+        src = open_dataset(path)
+    except DataError as e:
+        return [e]
+    if len(src) == 0:
+        return [DataError(path, "episodes", "at least one episode", "0 (empty dataset)")]
+    from openlam.data.lerobot_reader import LeRobotSource
+
+    if isinstance(src, LeRobotSource):
+        problems += _structure(src)
+    if decode:
+        for i in range(len(src)):
+            try:
+                ep = src.load(i)
+            except DataError as e:
+                problems.append(e)
+                continue
+            info = src.episodes[i]
+            if ep.length != info.length:
+                problems.append(DataError(path, f"episode {i} length", f"{info.length} frames (metadata)", f"{ep.length} decoded"))
+            if isinstance(src, LeRobotSource):
+                for cam in ep.cameras:
+                    want = src.features[src.camera_keys[cam]]["shape"]
+                    hw = [d for d in want if d != 3][:2]
+                    if list(ep.frames[cam].shape[1:3]) != hw and len(hw) == 2:
+                        problems.append(DataError(path / "meta" / "info.json", f"features.{src.camera_keys[cam]}.shape",
+                                                  f"{want} (decoded frames of episode {i})", f"{list(ep.frames[cam].shape[1:])}"))
+    return problems
+
+
+def _structure(src) -> list[DataError]:  # type: ignore[no-untyped-def]
+    problems: list[DataError] = []
+    info_path = src.path / "meta" / "info.json"
+    info = src.info
+    lengths = np.array(src.ep_table["length"])
+    if int(info.get("total_frames", lengths.sum())) != int(lengths.sum()):
+        problems.append(DataError(info_path, "total_frames", f"{int(lengths.sum())} (sum of episode lengths)", str(info.get("total_frames"))))
+    starts = np.array(src.ep_table["dataset_from_index"])
+    ends = np.array(src.ep_table["dataset_to_index"])
+    if not np.array_equal(ends - starts, lengths):
+        bad = int(np.argmax(ends - starts != lengths))
+        problems.append(DataError(src.path / "meta" / "episodes", "dataset_to_index - dataset_from_index",
+                                  f"== length for every episode (episode {bad})", f"{ends[bad] - starts[bad]} vs {lengths[bad]}"))
+    for key, f in src.features.items():
+        if f["dtype"] == "video":
+            for i in range(len(src)):
+                try:
+                    p = src.path / src.video_path_tpl.format(
+                        video_key=key, chunk_index=src.ep_table[f"videos/{key}/chunk_index"][i],
+                        file_index=src.ep_table[f"videos/{key}/file_index"][i], episode_chunk=0, episode_index=i)
+                except KeyError:
+                    problems.append(DataError(src.path / "meta" / "episodes", f"videos/{key}/chunk_index", "present", "missing"))
+                    break
+                if not p.is_file():
+                    problems.append(DataError(p, "video file", f"present for {key} (episode {i})", "missing"))
+        elif f["dtype"] not in ("image", "string") and not isinstance(f.get("shape"), list):
+            problems.append(DataError(info_path, f"features.{key}.shape", "a list of ints", repr(f.get("shape"))))
+    for cam in src.cameras:
+        if cam in src.mask_keys and src.features[src.mask_keys[cam]]["shape"][:2] != src.features[src.camera_keys[cam]]["shape"][:2]:
+            problems.append(DataError(info_path, f"features.{fmt.mask_key(cam)}.shape", "the same height/width as the camera"))
+    return problems
