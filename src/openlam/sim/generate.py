@@ -60,7 +60,7 @@ class GenerateConfig:
 
 
 # -- per-process worker state ----------------------------------------------------------------
-_WORKERS: OrderedDict[str, Any] = OrderedDict()
+_WORKERS: OrderedDict[tuple, Any] = OrderedDict()
 _MAX_LIVE_ENVS = 4
 
 
@@ -84,13 +84,15 @@ class _TaskRig:
 
 
 def _rig(task: str, cfg: GenerateConfig) -> _TaskRig:
-    if task in _WORKERS:
-        _WORKERS.move_to_end(task)
-        return _WORKERS[task]
+    # keyed by everything the rig is built from, so another config never reuses a stale one
+    key = (task, tuple(cfg.cameras), cfg.size, cfg.distractors, cfg.masks)
+    if key in _WORKERS:
+        _WORKERS.move_to_end(key)
+        return _WORKERS[key]
     while len(_WORKERS) >= _MAX_LIVE_ENVS:
         _, old = _WORKERS.popitem(last=False)
         old.close()
-    _WORKERS[task] = rig = _TaskRig(task, cfg)
+    _WORKERS[key] = rig = _TaskRig(task, cfg)
     return rig
 
 

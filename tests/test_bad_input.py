@@ -1,0 +1,168 @@
+"""Every bad input gets a DataError/ConfigError naming the file, the field and the expected form."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import make_episode
+from openlam.cli import main
+from openlam.data import open_dataset
+from openlam.data.lerobot_writer import write_lerobot
+from openlam.data.validate import validate_dataset
+from openlam.errors import DataError
+
+VIDEO = "videos/observation.images.side/chunk-000/file-000.mp4"
+DATA = "data/chunk-000/file-000.parquet"
+
+
+@pytest.fixture
+def ds(tmp_path, episodes):
+    return write_lerobot(tmp_path / "ds", episodes, fps=20.0)
+
+
+def test_missing_camera(ds):
+    with pytest.raises(DataError, match=r"ds: field 'cameras': expected cameras among \['front', 'side'\], got \['top'\]"):
+        open_dataset(ds).load(0, ["top"])
+
+
+def test_missing_video_file(ds):
+    (ds / VIDEO).unlink()
+    with pytest.raises(DataError, match=r"file-000\.mp4: field 'video file': expected an existing mp4 file"):
+        open_dataset(ds).load(0)
+
+
+def test_truncated_mp4(ds):
+    p = ds / VIDEO
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"observation\.images\.side/chunk-000/file-000\.mp4: field 'video"):
+        for i in range(3):
+            open_dataset(ds).load(i)
+
+
+def test_corrupt_mp4(ds):
+    (ds / VIDEO).write_bytes(b"\x00not a video" * 100)
+    with pytest.raises(DataError, match=r"file-000\.mp4: field 'video stream': expected a decodable video"):
+        open_dataset(ds).load(0)
+
+
+def test_episode_table_disagrees_with_video_length(ds):
+    p = ds / "meta/episodes/chunk-000/file-000.parquet"
+    t = pq.read_table(p).to_pydict()
+    t["videos/observation.images.side/to_timestamp"][1] += 0.5  # claims 10 more frames
+    pq.write_table(pa.Table.from_pydict(t, schema=pq.read_schema(p)), p)
+    with pytest.raises(DataError, match=r"videos/observation\.images\.side/to_timestamp': expected 14 frames of video for episode 1"):
+        open_dataset(ds).load(1)
+
+
+def _rewrite_data(ds, fn):
+    t = pq.read_table(ds / DATA)
+    pq.write_table(fn(t), ds / DATA)
+
+
+def test_nan_actions_in_parquet(ds):
+    def poison(t):
+        a = t["action"].combine_chunks().flatten().to_numpy().copy()
+        a[4 * 7 + 2] = np.nan  # frame 7, dim 2 of episode 0
+        return t.set_column(t.column_names.index("action"), "action", pa.FixedSizeListArray.from_arrays(pa.array(a), 4))
+    _rewrite_data(ds, poison)
+    with pytest.raises(DataError, match=r"file-000\.parquet \(episode 0\): field 'actions': expected finite values, got nan at frame 7, dim 2"):
+        open_dataset(ds).load(0)
+
+
+def test_wrong_action_shape_in_parquet(ds):
+    def reshape(t):
+        a = t["action"].combine_chunks().flatten().to_numpy()
+        bad = pa.array([list(r) for r in np.concatenate([a, np.zeros(59)]).reshape(59, 5)], pa.list_(pa.float32()))
+        return t.set_column(t.column_names.index("action"), "action", bad)
+    _rewrite_data(ds, reshape)
+    with pytest.raises(DataError, match=r"field 'action_space': expected an ActionSpace with 5 dims"):
+        open_dataset(ds).load(0)
+
+
+def test_frame_count_mismatch_and_dtype_in_episode():
+    ep = make_episode(10)
+    ep.frames["side"] = ep.frames["side"][:8]
+    with pytest.raises(DataError, match=r"ep: field 'frames\[side\]': expected 10 frames like the other views, got 8 frames"):
+        ep.validate("ep")
+    ep = make_episode(10)
+    ep.actions = ep.actions[:9]
+    with pytest.raises(DataError, match=r"field 'actions': expected float32 array of shape \(10, A\), got float32 \(9, 4\)"):
+        ep.validate("ep")
+    ep = make_episode(10)
+    ep.frames["front"] = ep.frames["front"].astype(np.float32)
+    with pytest.raises(DataError, match=r"'frames\[front\]': expected uint8 array of shape \(T, H, W, 3\), got float32"):
+        ep.validate("ep")
+    ep = make_episode(10)
+    ep.masks["front"] = ep.masks["front"][:, :5]
+    with pytest.raises(DataError, match=r"'masks\[front\]': expected bool array of shape \(10, 32, 32\)"):
+        ep.validate("ep")
+    ep = make_episode(10)
+    ep.actions[3, 1] = np.inf
+    with pytest.raises(DataError, match="'actions': expected finite values, got inf at frame 3, dim 1"):
+        ep.validate("ep")
+
+
+def test_writer_rejects_bad_episode_and_leaves_nothing(tmp_path):
+    good, bad = make_episode(10), make_episode(10)
+    bad.actions[2, 0] = np.nan
+    with pytest.raises(DataError, match="episode 1: field 'actions'"):
+        write_lerobot(tmp_path / "out", [good, bad], fps=20.0)
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+    other = make_episode(10, cams=("front",))
+    with pytest.raises(DataError, match="episode 1: field 'cameras'"):
+        write_lerobot(tmp_path / "out", [good, other], fps=20.0)
+
+
+def test_empty_dataset(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: field 'contents'.*empty dataset"):
+        open_dataset(tmp_path / "empty")
+    with pytest.raises(DataError, match="field 'episodes': expected at least one episode to write"):
+        write_lerobot(tmp_path / "out", [], fps=20.0)
+    with pytest.raises(DataError, match="nothing there"):
+        open_dataset(tmp_path / "missing")
+
+
+def test_bad_info_json(ds):
+    info = json.loads((ds / "meta/info.json").read_text())
+    info["codebase_version"] = "v2.1"
+    (ds / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"info\.json: field 'codebase_version': expected v3\.x"):
+        open_dataset(ds)
+    (ds / "meta/info.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"info\.json: field '\(whole file\)': expected valid JSON"):
+        open_dataset(ds)
+
+
+def test_validate_reports_every_problem(ds):
+    (ds / "videos/observation.images.front/chunk-000/file-000.mp4").unlink()
+    _rewrite_data(ds, lambda t: t)  # untouched
+    info = json.loads((ds / "meta/info.json").read_text())
+    info["total_frames"] = 1
+    (ds / "meta/info.json").write_text(json.dumps(info))
+    problems = validate_dataset(ds)
+    text = "\n".join(map(str, problems))
+    assert "field 'total_frames': expected 59" in text
+    assert text.count("observation.images.front/chunk-000/file-000.mp4: field 'video file'") >= 3  # every episode
+    assert main(["validate", str(ds)]) == 1
+
+
+def test_unknown_config_key_on_cli(tmp_path, capsys):
+    assert main(["generate", "metaworld", "--out", str(tmp_path / "x"), "episodez=3"]) == 2
+    assert "unknown config key 'episodez'" in capsys.readouterr().err
+    assert main(["generate", "metaworld", "--out", str(tmp_path / "x"), "--distractors", "foggy"]) == 2
+    assert "'foggy' is not a preset" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_unfinished_dataset_is_rejected(ds):
+    tmp = ds.with_name(".ds.tmp-123")
+    shutil.copytree(ds, tmp)
+    with pytest.raises(DataError, match="unfinished temporary directory"):
+        open_dataset(tmp)

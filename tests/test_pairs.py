@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import frame_level, make_episode
+from openlam.data.cache import CacheConfig, FrameCache, build_cache
+from openlam.data.lerobot_writer import write_lerobot
+from openlam.data.pairs import GapConfig, PairDataset, pair_loader
+from openlam.errors import ConfigError, DataError
+
+
+@pytest.fixture
+def cache(tmp_path, episodes):
+    ds = write_lerobot(tmp_path / "ds", episodes, fps=20.0)
+    return FrameCache(build_cache(ds, tmp_path / "cache", CacheConfig(size=32)))
+
+
+def test_cache_matches_source(tmp_path, episodes, cache):
+    assert cache.total_frames == 59 and cache.cameras == ["front", "side"]
+    from openlam.data import open_dataset
+
+    src = open_dataset(tmp_path / "ds")
+    for i, info in enumerate(cache.episodes):
+        ep = src.load(i, size=32)
+        s = slice(info["start"], info["start"] + info["length"])
+        np.testing.assert_array_equal(cache.frames("side")[s], ep.frames["side"])
+        np.testing.assert_array_equal(cache.masks("front")[s].astype(bool), episodes[i].masks["front"])
+        np.testing.assert_array_equal(cache.actions()[s], episodes[i].actions)
+    assert cache.meta["source_fingerprint"] == src.fingerprint()
+
+
+def test_pairs_right_frames_for_gap_in_seconds(cache):
+    # fps 20, 0.25 s -> H = 5 frames
+    ds = PairDataset(cache, split=None, gap=GapConfig(seconds=0.25))
+    assert len(ds) == (20 - 5) + (14 - 5) + (25 - 5)
+    b = ds.__getitems__(list(range(len(ds))))
+    assert (b.gap == 5).all()
+    for v, off in (("front", 0), ("side", 1)):
+        assert b.frames[v].shape == (len(ds), 2, 3, 32, 32) and b.frames[v].dtype == torch.uint8
+        lv0 = frame_level(b.frames[v][:, 0].permute(0, 2, 3, 1).numpy())
+        lv1 = frame_level(b.frames[v][:, 1].permute(0, 2, 3, 1).numpy())
+        expect0 = (8 * (b.t.numpy() + off)) % 240 + 8
+        expect1 = (8 * (b.t.numpy() + 5 + off)) % 240 + 8
+        np.testing.assert_allclose(lv0, expect0, atol=4)
+        np.testing.assert_allclose(lv1, expect1, atol=4)
+    assert b.masks["front"].shape == (len(ds), 2, 32, 32) and b.masks["front"].dtype == torch.bool
+
+
+def test_action_target_over_gap(cache, episodes):
+    ds = PairDataset(cache, split=None, gap=GapConfig(seconds=None, frames=3))
+    b = ds.__getitems__([0, 7, 20])
+    for k, (e, t) in enumerate(zip(b.episode.tolist(), b.t.tolist())):
+        a = episodes[e].actions
+        np.testing.assert_allclose(b.action[k, :3].numpy(), a[t : t + 3, :3].sum(0), rtol=1e-5, atol=1e-5)
+        assert b.action[k, 3].item() == pytest.approx(a[t + 2, 3])
+    assert b.language == ["push the block", "push the block", "open the drawer"]
+
+
+def test_gap_conversion_uses_each_episodes_fps(tmp_path):
+    eps = [make_episode(30, fps=10.0, seed=0), make_episode(60, fps=40.0, seed=1)]
+    # mixed fps are allowed in the cache via separate datasets; here: one dataset per fps
+    c10 = FrameCache(build_cache(write_lerobot(tmp_path / "a", eps[:1], fps=10.0), tmp_path / "ca", CacheConfig(size=16)))
+    c40 = FrameCache(build_cache(write_lerobot(tmp_path / "b", eps[1:], fps=40.0), tmp_path / "cb", CacheConfig(size=16)))
+    g = GapConfig(seconds=0.5)
+    assert PairDataset(c10, split=None, gap=g).__getitems__([0]).gap.item() == 5
+    assert PairDataset(c40, split=None, gap=g).__getitems__([0]).gap.item() == 20
+
+
+def test_random_gap_range_is_deterministic_and_bounded(cache):
+    ds = PairDataset(cache, split=None, gap=GapConfig(seconds=None, frames=2, max_frames=6), seed=3)
+    idx = list(range(len(ds)))
+    g1 = ds.__getitems__(idx).gap.numpy()
+    g2 = ds.__getitems__(idx[::-1]).gap.numpy()[::-1]
+    np.testing.assert_array_equal(g1, g2)  # a pair's gap does not depend on batch composition
+    assert g1.min() >= 2 and g1.max() <= 6 and len(set(g1.tolist())) == 5
+    b = ds.__getitems__(idx)
+    lengths = np.array([cache.episodes[e]["length"] for e in b.episode.tolist()])
+    assert (b.t.numpy() + b.gap.numpy() <= lengths - 1).all()  # never crosses the episode end
+    ds.set_epoch(1)
+    assert not np.array_equal(ds.__getitems__(idx).gap.numpy(), g1)
+
+
+def test_splits_are_by_episode_and_loader_works(cache):
+    cache.splits = {"train": {"episodes": [0, 2], "cameras": ["front"]}, "test": {"episodes": [1], "cameras": ["side"]}}
+    tr = PairDataset(cache, split="train", gap=GapConfig(seconds=None, frames=2))
+    te = PairDataset(cache, split="test", gap=GapConfig(seconds=None, frames=2))
+    assert tr.views == ["front"] and te.views == ["side"]
+    assert set(tr._ep.tolist()) == {0, 2} and set(te._ep.tolist()) == {1}
+    batches = list(pair_loader(tr, batch_size=8, workers=2))
+    assert len(batches) == len(tr) // 8 and all(len(b) == 8 for b in batches)
+    assert set(torch.cat([b.episode for b in batches]).tolist()) <= {0, 2}
+    with pytest.raises(ConfigError, match="split 'nope'"):
+        PairDataset(cache, split="nope")
+    with pytest.raises(DataError, match="cameras"):
+        PairDataset(cache, split=None, views=["top"])
+    with pytest.raises(ConfigError, match="exactly one"):
+        PairDataset(cache, split=None, gap=GapConfig(seconds=0.5, frames=3))
