@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dataset", help="(data) dataset to benchmark on; default: synthetic")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--workers", type=int, default=2)
-    b.add_argument("--episodes", type=int, default=4, help="(generate) episodes per task")
+    b.add_argument("--episodes", type=int, default=8, help="(generate) episodes per task")
     b.add_argument("--out", default="docs/benchmarks.md")
     b.set_defaults(fn=cmd_bench)
     return p

@@ -41,6 +41,9 @@ class GenerateConfig:
     only_success: bool = False  # retry failed episodes with the next attempt seed (counted in metadata)
     max_attempts: int = 5
     masks: bool = True
+    # render-only mesh level of detail: vertex grid cell in metres, None = a quarter of the size of
+    # one pixel at 1 m (4 mm at 64 px; visually identical, ~1.5x faster), 0 = full meshes
+    mesh_cell: float | None = None
     seed: int = 0
     workers: int = 2
     splits: SplitConfig = field(default_factory=SplitConfig)
@@ -75,7 +78,8 @@ class _TaskRig:
         self.env = make_env(task)
         self.policy = make_policy(task)
         model = self.env.model
-        self.renderer = MultiViewRenderer(model, cfg.cameras, cfg.size, robot_geom_ids(model) if cfg.masks else None)
+        cell = 0.25 / cfg.size if cfg.mesh_cell is None else cfg.mesh_cell
+        self.renderer = MultiViewRenderer(model, cfg.cameras, cfg.size, robot_geom_ids(model) if cfg.masks else None, mesh_cell=cell)
         self.distractors = Distractors(model, preset(cfg.distractors), cfg.cameras)
 
     def close(self) -> None:
@@ -85,7 +89,7 @@ class _TaskRig:
 
 def _rig(task: str, cfg: GenerateConfig) -> _TaskRig:
     # keyed by everything the rig is built from, so another config never reuses a stale one
-    key = (task, tuple(cfg.cameras), cfg.size, cfg.distractors, cfg.masks)
+    key = (task, tuple(cfg.cameras), cfg.size, cfg.distractors, cfg.masks, cfg.mesh_cell)
     if key in _WORKERS:
         _WORKERS.move_to_end(key)
         return _WORKERS[key]
@@ -185,11 +189,13 @@ def run_episode(task: str, episode: int, cfg: GenerateConfig) -> Episode:
     return ep
 
 
-def _job(args: tuple[str, int, dict[str, Any]]) -> Episode:
+def _job(args: tuple[str, int, dict[str, Any]]) -> tuple[Episode, float]:
     from openlam.config import from_dict
 
     task, episode, cfg_dict = args
-    return run_episode(task, episode, from_dict(GenerateConfig, cfg_dict))
+    t0 = time.perf_counter()
+    ep = run_episode(task, episode, from_dict(GenerateConfig, cfg_dict))
+    return ep, time.perf_counter() - t0
 
 
 def generate(cfg: GenerateConfig, out: str | Path, overwrite: bool = False, show_progress: bool | None = None) -> dict[str, Any]:
@@ -201,7 +207,7 @@ def generate(cfg: GenerateConfig, out: str | Path, overwrite: bool = False, show
     if bad:
         raise ConfigError(f"unknown Meta-World task(s) {bad}; known: {', '.join(known)}")
     jobs = [(task, i, to_dict(cfg)) for task in cfg.tasks for i in range(cfg.episodes)]
-    stats: dict[str, Any] = {"episodes": 0, "steps": 0, "successes": 0, "attempts": 0}
+    stats: dict[str, Any] = {"episodes": 0, "steps": 0, "successes": 0, "attempts": 0, "rollout_s": 0.0}
     t0 = time.perf_counter()
 
     def episodes():
@@ -212,7 +218,8 @@ def generate(cfg: GenerateConfig, out: str | Path, overwrite: bool = False, show
             pool = mp.get_context("spawn").Pool(min(cfg.workers, len(jobs)), initializer=_worker_init)
             results = pool.imap(_job, jobs)
         try:
-            for ep in progress(results, total=len(jobs), desc="generate", enabled=show_progress):
+            for ep, seconds in progress(results, total=len(jobs), desc="generate", enabled=show_progress):
+                stats["rollout_s"] += seconds
                 stats["episodes"] += 1
                 stats["steps"] += ep.length
                 stats["successes"] += int(ep.metadata["success"])
@@ -238,6 +245,12 @@ def generate(cfg: GenerateConfig, out: str | Path, overwrite: bool = False, show
     finally:
         _close_all()
     wall = time.perf_counter() - t0
-    stats.update(wall_s=wall, steps_per_s=stats["steps"] / wall, success_rate=stats["successes"] / max(1, stats["episodes"]))
+    stats.update(
+        wall_s=wall,
+        steps_per_s=stats["steps"] / wall,
+        # rollout-only throughput: the workers' time inside episodes (no start-up, env build or writing)
+        steady_steps_per_s=stats["steps"] / (stats["rollout_s"] / min(cfg.workers, len(jobs))),
+        success_rate=stats["successes"] / max(1, stats["episodes"]),
+    )
     return stats
 
