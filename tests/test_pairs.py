@@ -97,3 +97,16 @@ def test_splits_are_by_episode_and_loader_works(cache):
         PairDataset(cache, split=None, views=["top"])
     with pytest.raises(ConfigError, match="exactly one"):
         PairDataset(cache, split=None, gap=GapConfig(seconds=0.5, frames=3))
+
+
+def test_episodes_shorter_than_gap_are_reported(cache):
+    with pytest.warns(UserWarning, match=r"1 episode\(s\) shorter than the gap give no pairs: \[1\]"):
+        ds = PairDataset(cache, split=None, gap=GapConfig(seconds=None, frames=15))
+    assert ds.skipped_episodes == [1] and len(ds) == (20 - 15) + (25 - 15)
+
+
+def test_camera_subset_cache_narrows_split_views(tmp_path, episodes):
+    ds = write_lerobot(tmp_path / "ds", episodes, fps=20.0)
+    cache = FrameCache(build_cache(ds, tmp_path / "c", CacheConfig(size=16, cameras=["side"])))
+    assert cache.cameras == ["side"] and all(sp["cameras"] == ["side"] for sp in cache.splits.values())
+    assert PairDataset(cache, split="train", gap=GapConfig(seconds=None, frames=2)).views == ["side"]

@@ -67,7 +67,7 @@ def build_cache(source: EpisodeSource | str | Path, out: str | Path, cfg: CacheC
         files = {f"frames.{c}.u8": open(tmp / f"frames.{c}.u8", "wb") for c in cams}
         files |= {f"masks.{c}.u8": open(tmp / f"masks.{c}.u8", "wb") for c in mask_cams}
         has_actions = src.action_space is not None
-        has_state = False
+        state_dim: int | None = None
         if has_actions:
             files["actions.f32"] = open(tmp / "actions.f32", "wb")
         episodes: list[dict[str, Any]] = []
@@ -85,8 +85,10 @@ def build_cache(source: EpisodeSource | str | Path, out: str | Path, cfg: CacheC
                         files["actions.f32"].write(ep.actions.astype(np.float32).tobytes())
                     if ep.state is not None:
                         if i == 0:
-                            has_state = True
+                            state_dim = ep.state.shape[1]
                             files["state.f32"] = open(tmp / "state.f32", "wb")
+                        if ep.state.shape[1] != state_dim:
+                            raise DataError(src.path, f"episode {i} state", f"{state_dim} dims like episode 0", str(ep.state.shape[1]))
                         files["state.f32"].write(ep.state.astype(np.float32).tobytes())
                     info = src.episodes[i]
                     episodes.append({
@@ -106,9 +108,10 @@ def build_cache(source: EpisodeSource | str | Path, out: str | Path, cfg: CacheC
             "mask_cameras": mask_cams,
             "total_frames": start,
             "action_space": src.action_space.to_dict() if src.action_space else None,
-            "state_dim": (Path(tmp / "state.f32").stat().st_size // 4 // max(start, 1)) if has_state else None,
+            "state_dim": state_dim,
             "episodes": episodes,
-            "splits": src.splits,
+            # splits keep their episodes; their camera lists are narrowed to the cached cameras
+            "splits": {name: {**sp, "cameras": [c for c in sp.get("cameras", cams) if c in cams]} for name, sp in src.splits.items()},
         })
     return out
 

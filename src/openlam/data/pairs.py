@@ -122,22 +122,24 @@ class PairDataset(torch.utils.data.Dataset):
             raise DataError(cache.path / "cache.json", "cameras", f"views among {cache.cameras}", str(missing))
         self.mask_views = [v for v in self.views if v in cache.mask_cameras] if with_masks else []
         starts, ts, lo, hi, epi = [], [], [], [], []
+        self.skipped_episodes: list[int] = []  # shorter than the gap: no pair (warned, never silent)
         for e in eps:
             info = cache.episodes[e]
             T = info["length"]
             h0, h1 = self.gap_cfg.frame_range(info["fps"])
             n = T - h0
             if n <= 0:
-                continue  # episode shorter than the gap: it has no pair (counted in self.skipped)
+                self.skipped_episodes.append(e)
+                continue
             t = np.arange(n)
             starts.append(np.full(n, info["start"]))
             ts.append(t)
             lo.append(np.full(n, h0))
             hi.append(np.minimum(h1, T - 1 - t))
             epi.append(np.full(n, e))
-        self.skipped_episodes = [e for e in eps if cache.episodes[e]["length"] - self.gap_cfg.frame_range(cache.episodes[e]["fps"])[0] <= 0]
         if self.skipped_episodes:
-            warnings.warn(f"{cache.path}: {len(self.skipped_episodes)} episode(s) shorter than the gap give no pairs: {self.skipped_episodes[:10]}", stacklevel=2)
+            n_skip = len(self.skipped_episodes)
+            warnings.warn(f"{cache.path}: {n_skip} episode(s) shorter than the gap give no pairs: {self.skipped_episodes[:10]}", stacklevel=2)
         if not starts:
             raise DataError(cache.path, f"split {split}", "at least one episode longer than the gap", f"{len(eps)} episodes, none long enough")
         cat = lambda xs: np.concatenate(xs).astype(np.int64)  # noqa: E731

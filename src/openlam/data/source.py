@@ -42,9 +42,9 @@ class EpisodeSource(abc.ABC):
     ) -> Episode:
         """Decode episode `index` (optionally only some cameras, resized to `size` x `size`)."""
 
+    @abc.abstractmethod
     def fingerprint(self) -> str:
         """Short hash that changes whenever the data on disk changes."""
-        raise NotImplementedError(f"{type(self).__name__} has no fingerprint")
 
     def check_cameras(self, cameras: list[str] | None) -> list[str]:
         if cameras is None:

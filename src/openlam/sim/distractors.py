@@ -8,7 +8,7 @@ and failure analyses can see exactly what changed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import mujoco
