@@ -166,3 +166,74 @@ def test_unfinished_dataset_is_rejected(ds):
     shutil.copytree(ds, tmp)
     with pytest.raises(DataError, match="unfinished temporary directory"):
         open_dataset(tmp)
+
+
+def test_first_episode_fps_and_reserved_extras_and_odd_size(tmp_path):
+    ep = make_episode(10, fps=10.0)
+    with pytest.raises(DataError, match=r"episode 0: field 'fps': expected 30.0 \(dataset fps\), got 10.0"):
+        write_lerobot(tmp_path / "a", [ep], fps=30.0)
+    ep = make_episode(10)
+    ep.extras["action"] = np.zeros((10, 4), np.float32)
+    with pytest.raises(DataError, match=r"'extras\[action\]': expected a name that is not a standard feature"):
+        write_lerobot(tmp_path / "b", [ep], fps=20.0)
+    ep = make_episode(10, h=31, w=32)
+    with pytest.raises(DataError, match=r"'frames\[front\]': expected even height and width for yuv420p video, got 31x32"):
+        write_lerobot(tmp_path / "c", [ep], fps=20.0)
+    ep = make_episode(10)
+    ep.state_names = ["x"]
+    with pytest.raises(DataError, match="'state_names': expected 3 names"):
+        write_lerobot(tmp_path / "d", [ep], fps=20.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_dim_action_is_a_scalar_column(tmp_path):
+    from openlam.data.episode import ActionSpace
+
+    eps = [make_episode(10, seed=i) for i in range(2)]
+    for e in eps:
+        e.actions = e.actions[:, :1].copy()
+        e.action_space = ActionSpace(["gripper"], ["absolute"])
+    ds = write_lerobot(tmp_path / "ds", eps, fps=20.0)
+    assert pq.read_schema(ds / DATA).field("action").type == pa.float32()  # LeRobot reads shape [1] as scalar
+    np.testing.assert_array_equal(open_dataset(ds).load(1).actions, eps[1].actions)
+
+
+def test_malformed_info_and_parquet_are_named(ds):
+    info = json.loads((ds / "meta/info.json").read_text())
+    bad = dict(info, fps="abc")
+    (ds / "meta/info.json").write_text(json.dumps(bad))
+    with pytest.raises(DataError, match=r"info\.json: field 'fps': expected a positive number, got 'abc'"):
+        open_dataset(ds)
+    bad = json.loads(json.dumps(info))
+    bad["features"]["action"]["shape"] = "4"
+    (ds / "meta/info.json").write_text(json.dumps(bad))
+    with pytest.raises(DataError, match=r"field 'features\.action\.shape': expected a list of non-negative ints"):
+        open_dataset(ds)
+    (ds / "meta/info.json").write_text(json.dumps(info))
+    (ds / DATA).write_bytes(b"PAR1 truncated")
+    problems = validate_dataset(ds)
+    assert any("file-000.parquet: field '(file)': expected a readable parquet file" in str(p) for p in problems)
+
+
+def test_stored_splits_are_checked_and_explicit_config_wins(ds):
+    from openlam.data.splits import SplitConfig
+
+    meta = json.loads((ds / "meta/openlam.json").read_text())
+    meta["splits"] = {"train": {"episodes": [0, 2]}, "test": {"episodes": [2]}}
+    (ds / "meta/openlam.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"openlam\.json: field 'splits\.test\.episodes': expected no episode shared with train, got shared: \[2\]"):
+        open_dataset(ds)
+    src = open_dataset(ds, split_config=SplitConfig(holdout_cameras=["side"]))
+    assert src.splits["train"]["cameras"] == ["front"] and src.splits["ood_camera"]["cameras"] == ["side"]
+    meta["splits"] = {"train": {"episodes": [0, 7]}}
+    (ds / "meta/openlam.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"'splits\.train\.episodes': expected a list of episode indices in 0\.\.2"):
+        open_dataset(ds)
+
+
+def test_stats_have_lerobot_quantiles(ds):
+    stats = json.loads((ds / "meta/stats.json").read_text())
+    for q in ("q01", "q10", "q50", "q90", "q99"):
+        assert len(stats["action"][q]) == 4
+    assert np.array(stats["observation.images.front"]["q50"]).shape == (3, 1, 1)
+    assert stats["action"]["q01"][0] < stats["action"]["q50"][0] < stats["action"]["q99"][0]

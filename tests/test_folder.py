@@ -70,3 +70,25 @@ def test_real_robot_videos_resize_and_gap_in_seconds(tmp_path):
     assert b.frames["main"].shape == (2, 2, 3, 64, 64) and b.action is None
     frame = cache.frames("main")[100]
     assert frame.std() > 10  # real picture content, not a blank frame
+
+
+def test_natural_frame_order_and_unrecognised_files(tmp_path):
+    d = tmp_path / "clips" / "ep0"
+    d.mkdir(parents=True)
+    frames = coded_frames(12, 20, 20)
+    for t, fr in enumerate(frames):
+        Image.fromarray(fr).save(d / f"frame_{t}.png")  # frame_2 must come before frame_10
+    ep = open_dataset(tmp_path / "clips", fps=5.0).load(0)
+    np.testing.assert_array_equal(ep.frames["main"], frames)
+    (d / "notes.docx").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"ep0: field 'files': expected videos, images and .txt sidecars only, got unrecognised \['notes\.docx'\]"):
+        open_dataset(tmp_path / "clips", fps=5.0)
+
+
+def test_single_clip_folders_still_get_val_and_test(tmp_path):
+    for i in range(10):
+        _write_video(tmp_path / f"clip{i:02d}.mkv", coded_frames(6, 16, 16), 10.0)  # mkv: no frame count in header
+    src = open_dataset(tmp_path)
+    assert [e.length for e in src.episodes] == [6] * 10
+    sizes = {k: len(v["episodes"]) for k, v in src.splits.items()}
+    assert sizes == {"train": 8, "val": 1, "test": 1}

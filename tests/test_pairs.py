@@ -110,3 +110,20 @@ def test_camera_subset_cache_narrows_split_views(tmp_path, episodes):
     cache = FrameCache(build_cache(ds, tmp_path / "c", CacheConfig(size=16, cameras=["side"])))
     assert cache.cameras == ["side"] and all(sp["cameras"] == ["side"] for sp in cache.splits.values())
     assert PairDataset(cache, split="train", gap=GapConfig(seconds=None, frames=2)).views == ["side"]
+
+
+def test_gap_draws_do_not_alias_across_seed_and_epoch(cache):
+    a = PairDataset(cache, split=None, gap=GapConfig(seconds=None, frames=1, max_frames=10), seed=0)
+    b = PairDataset(cache, split=None, gap=GapConfig(seconds=None, frames=1, max_frames=10), seed=1)
+    idx = np.arange(len(a))
+    assert not np.array_equal(a.gaps(idx, 256), b.gaps(idx, 0))
+    # virtual indices (epoch * len + i) give the epoch's draw
+    np.testing.assert_array_equal(a.__getitems__((3 * len(a) + idx).tolist()).gap.numpy(), a.gaps(idx, 3))
+
+
+def test_split_without_cached_cameras_is_an_error(tmp_path, episodes):
+    ds = write_lerobot(tmp_path / "ds", episodes, fps=20.0)
+    cache = FrameCache(build_cache(ds, tmp_path / "c", CacheConfig(size=16, cameras=["side"])))
+    cache.splits["train"]["cameras"] = []
+    with pytest.raises(DataError, match=r"'splits\.train\.cameras': expected at least one cached camera"):
+        PairDataset(cache, split="train")

@@ -12,6 +12,7 @@ Image sequences have no frame rate, so `fps` must be given for them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from openlam.artifacts import fingerprint_files
 from openlam.data.episode import Episode
 from openlam.data.source import EpisodeInfo, EpisodeSource
 from openlam.data.splits import SplitConfig, make_splits
-from openlam.data.video import decode_all, probe_video, resize_frame
+from openlam.data.video import count_frames, decode_all, probe_video, resize_frame
 from openlam.errors import DataError
 
 VIDEO_EXT = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
@@ -32,8 +33,21 @@ def _is_video(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in VIDEO_EXT
 
 
+SIDECAR_EXT = {".txt", ".json", ".md"}
+
+
+def natural_key(p: Path) -> list[int | str]:
+    """frame_2.png before frame_10.png: numbers compare as numbers."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+
+
 def _images(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXT)
+    return sorted((p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXT), key=natural_key)
+
+
+def _unrecognised(d: Path, allowed: set[str]) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() not in allowed | SIDECAR_EXT)
 
 
 class FolderSource(EpisodeSource):
@@ -50,7 +64,10 @@ class FolderSource(EpisodeSource):
                 raise DataError(root, "file type", f"a video file ({', '.join(sorted(VIDEO_EXT))})", root.suffix)
             self.entries.append((root.stem, {camera: root}, self._sidecar(root.with_suffix(".txt"))))
         else:
-            for p in sorted(root.iterdir()):
+            stray = _unrecognised(root, VIDEO_EXT)
+            if stray:
+                raise DataError(root, "files", f"only videos ({', '.join(sorted(VIDEO_EXT))}), episode folders and .txt sidecars", f"unrecognised {stray[:5]}")
+            for p in sorted(root.iterdir(), key=natural_key):
                 if p.name.startswith("."):
                     continue
                 if _is_video(p):
@@ -72,6 +89,9 @@ class FolderSource(EpisodeSource):
 
     def _episode_dir(self, d: Path) -> tuple[str, dict[str, Path | list[Path]], str]:
         lang = self._sidecar(d / "instruction.txt")
+        stray = _unrecognised(d, VIDEO_EXT | IMAGE_EXT)
+        if stray:
+            raise DataError(d, "files", "videos, images and .txt sidecars only", f"unrecognised {stray[:5]}")
         videos = [p for p in sorted(d.iterdir()) if _is_video(p)]
         if videos:
             return d.name, {p.stem: p for p in videos}, lang
@@ -94,7 +114,7 @@ class FolderSource(EpisodeSource):
                 fps = self.given_fps
             else:
                 meta = probe_video(src)
-                lengths[cam] = meta["frames"] or int(round((meta["duration"] or 0) * (meta["fps"] or 0)))
+                lengths[cam] = meta["frames"] or int(round((meta["duration"] or 0) * (meta["fps"] or 0))) or count_frames(src)
                 fps = self.given_fps or meta["fps"]
         if len(set(lengths.values())) > 1:
             raise DataError(self.path / name, "frame counts", "the same number of frames in every camera", str(lengths))

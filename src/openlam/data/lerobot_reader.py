@@ -16,7 +16,7 @@ from openlam.artifacts import fingerprint_files
 from openlam.data import lerobot_format as fmt
 from openlam.data.episode import ActionSpace, Episode
 from openlam.data.source import EpisodeInfo, EpisodeSource
-from openlam.data.splits import SplitConfig, make_splits
+from openlam.data.splits import SplitConfig, check_splits, make_splits
 from openlam.data.video import decode_range, resize_frame
 from openlam.errors import DataError
 
@@ -51,7 +51,10 @@ class LeRobotSource(EpisodeSource):
         version = str(info["codebase_version"])
         if not version.startswith("v3"):
             raise DataError(info_path, "codebase_version", "v3.x (LeRobot v3 layout); convert older datasets with lerobot's v2.1->v3.0 converter", version)
-        self.fps = float(info["fps"])
+        try:
+            self.fps = float(info["fps"])
+        except (TypeError, ValueError):
+            raise DataError(info_path, "fps", "a positive number", repr(info["fps"])) from None
         if not self.fps > 0:
             raise DataError(info_path, "fps", "a positive number", str(info["fps"]))
         feats: dict[str, Any] = info["features"]
@@ -60,6 +63,8 @@ class LeRobotSource(EpisodeSource):
         for name, f in feats.items():
             if not isinstance(f, dict) or "dtype" not in f or "shape" not in f:
                 raise DataError(info_path, f"features.{name}", "a mapping with 'dtype' and 'shape'", repr(f)[:80])
+            if not isinstance(f["shape"], list) or not all(isinstance(d, int) and d >= 0 for d in f["shape"]):
+                raise DataError(info_path, f"features.{name}.shape", "a list of non-negative ints", repr(f["shape"])[:80])
         self.features = feats
         visual = {k: f for k, f in feats.items() if f["dtype"] in ("video", "image")}
         self.camera_keys = {fmt.camera_of(k): k for k in visual if not k.startswith(fmt.MASK_PREFIX)}
@@ -80,7 +85,12 @@ class LeRobotSource(EpisodeSource):
         a_feat = feats.get("action")
         self.action_dim = int(np.prod(a_feat["shape"])) if a_feat else None
         if a_feat and self.extras_meta.get("action_space"):
-            self.action_space: ActionSpace | None = ActionSpace.from_dict(self.extras_meta["action_space"])
+            try:
+                self.action_space: ActionSpace | None = ActionSpace.from_dict(self.extras_meta["action_space"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise DataError(root / fmt.OPENLAM_META, "action_space", "{names: [...], kinds: [delta|absolute, ...]}", str(e)) from None
+            if self.action_space.dim != self.action_dim:
+                raise DataError(root / fmt.OPENLAM_META, "action_space.names", f"{self.action_dim} names (info.json action shape)", str(self.action_space.dim))
         elif a_feat:
             self.action_space = ActionSpace.guess(_names(a_feat, self.action_dim or 0))
         else:
@@ -107,7 +117,12 @@ class LeRobotSource(EpisodeSource):
                     metadata=dict(ep_meta[i].get("metadata", {})),
                 )
             )
-        self.splits = self.extras_meta.get("splits") or make_splits(self.episodes, self.cameras, split_config or SplitConfig())
+        stored = self.extras_meta.get("splits")
+        if stored and split_config is None:
+            check_splits(stored, n, self.cameras, root / fmt.OPENLAM_META)
+            self.splits = stored
+        else:  # no stored splits, or an explicit split_config (which then replaces them)
+            self.splits = make_splits(self.episodes, self.cameras, split_config or SplitConfig())
         self._table_cache: tuple[Path, pa.Table, np.ndarray] | None = None
 
     # -- metadata ---------------------------------------------------------------------------
@@ -117,7 +132,10 @@ class LeRobotSource(EpisodeSource):
             if int(self.info.get("total_tasks", 0)) > 0:
                 raise DataError(p, "(file)", "meta/tasks.parquet (info.json says total_tasks > 0)", "missing")
             return {}
-        t = pq.read_table(p)
+        try:
+            t = pq.read_table(p)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(p, "(file)", "a readable parquet file", f"{type(e).__name__}: {e}") from None
         idx_col = "task_index"
         txt_col = next((c for c in ("task", "__index_level_0__") if c in t.column_names), None)
         if idx_col not in t.column_names or txt_col is None:
@@ -130,7 +148,10 @@ class LeRobotSource(EpisodeSource):
             raise DataError(self.path / "meta" / "episodes", "(files)", "chunk-XXX/file-YYY.parquet episode tables", "none")
         tables = []
         for f in files:
-            t = pq.read_table(f)
+            try:
+                t = pq.read_table(f)
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(f, "(file)", "a readable parquet file", f"{type(e).__name__}: {e}") from None
             t = t.select([c for c in t.column_names if not c.startswith("stats/")])
             missing = [c for c in REQUIRED_EPISODE_COLUMNS if c not in t.column_names]
             for key in self.camera_keys.values():
@@ -159,7 +180,10 @@ class LeRobotSource(EpisodeSource):
         if self._table_cache is None or self._table_cache[0] != path:
             if not path.is_file():
                 raise DataError(path, "(file)", f"data parquet for episode {i}", "missing")
-            t = pq.read_table(path)
+            try:
+                t = pq.read_table(path)
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(path, "(file)", "a readable parquet file", f"{type(e).__name__}: {e}") from None
             if "index" not in t.column_names:
                 raise DataError(path, "index", "a global frame index column", "missing")
             self._table_cache = (path, t, t["index"].to_numpy())
@@ -184,8 +208,10 @@ class LeRobotSource(EpisodeSource):
             if flat.size % max(T, 1):
                 raise DataError(path, col, "equal-length vectors per frame", f"{flat.size} values for {T} frames (episode {i})")
             arr = flat.reshape(T, -1)
-        else:
+        else:  # scalar column: a feature of shape [1]
             arr = c.to_numpy(zero_copy_only=False)
+            if col in ("action", "observation.state"):
+                arr = arr.reshape(T, 1)
         return arr
 
     def _video(self, key: str, i: int, size: int | None, crop: str, mask: bool) -> np.ndarray:

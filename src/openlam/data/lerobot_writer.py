@@ -30,10 +30,19 @@ class WriterConfig:
     chunks_size: int = 1000
 
 
+RESERVED = {"action", "observation.state", *fmt.DEFAULT_FEATURES}
+
+
 class _RunningStats:
-    """min/max/mean/std/count over rows, merged episode by episode."""
+    """min/max/mean/std/count over rows, merged episode by episode, and quantiles (q01..q99, which
+    LeRobot's quantile normalisation reads) from a bounded, evenly thinned sample of rows."""
+
+    QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+    MAX_SAMPLE = 50_000
 
     def __init__(self) -> None:
+        self.sample: list[np.ndarray] = []
+        self.sampled = 0
         self.n = 0
         self.sum: np.ndarray | None = None
         self.sq: np.ndarray | None = None
@@ -51,12 +60,20 @@ class _RunningStats:
             self.min = np.minimum(self.min, x.min(0))
             self.max = np.maximum(self.max, x.max(0))
         self.n += x.shape[0]
+        self.sample.append(x)
+        self.sampled += x.shape[0]
+        if self.sampled > 2 * self.MAX_SAMPLE:  # thin evenly to keep memory bounded
+            allx = np.concatenate(self.sample)[::2]
+            self.sample, self.sampled = [allx], allx.shape[0]
 
     def to_dict(self, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
         mean = self.sum / self.n
         std = np.sqrt(np.maximum(self.sq / self.n - mean**2, 0))
         r = (lambda a: a.reshape(shape).tolist()) if shape else (lambda a: np.atleast_1d(a).tolist())
-        return {"min": r(self.min), "max": r(self.max), "mean": r(mean), "std": r(std), "count": [self.n]}
+        out = {"min": r(self.min), "max": r(self.max), "mean": r(mean), "std": r(std), "count": [self.n]}
+        q = np.quantile(np.concatenate(self.sample), self.QUANTILES, axis=0)
+        out |= {f"q{round(p * 100):02d}": r(v) for p, v in zip(self.QUANTILES, q)}
+        return out
 
 
 class _FileCursor:
@@ -105,6 +122,17 @@ class LeRobotWriter:
         }
 
     def _check_schema(self, ep: Episode, where: str) -> None:
+        if abs(ep.fps - self.fps) > 1e-6:
+            raise DataError(where, "fps", f"{self.fps} (dataset fps)", f"{ep.fps}")
+        for name in ep.extras:
+            if name in RESERVED or name.startswith((fmt.IMAGE_PREFIX, fmt.MASK_PREFIX)):
+                raise DataError(where, f"extras[{name}]", "a name that is not a standard feature (action, observation.state, timestamp, ...)", name)
+        if self.cfg.video.pix_fmt.endswith(("420p", "422p")):
+            for cam, f in ep.frames.items():
+                if f.shape[1] % 2 or f.shape[2] % 2:
+                    raise DataError(where, f"frames[{cam}]", f"even height and width for {self.cfg.video.pix_fmt} video", f"{f.shape[1]}x{f.shape[2]}")
+        if ep.state is not None and ep.state_names is not None and len(ep.state_names) != ep.state.shape[1]:
+            raise DataError(where, "state_names", f"{ep.state.shape[1]} names (state dims)", str(len(ep.state_names)))
         s = self._schema_of(ep)
         if self.schema is None:
             self.schema = s
@@ -112,8 +140,6 @@ class LeRobotWriter:
         for key, want in self.schema.items():
             if s[key] != want:
                 raise DataError(where, key, f"{want} (as in the first episode)", f"{s[key]}")
-        if abs(ep.fps - self.fps) > 1e-6:
-            raise DataError(where, "fps", f"{self.fps} (dataset fps)", f"{ep.fps}")
 
     # -- files --------------------------------------------------------------------------------
     def _video(self, key: str, h: int, w: int, mask: bool) -> VideoAppender:
@@ -286,7 +312,11 @@ class LeRobotWriter:
 
 
 def _fixed_list(x: np.ndarray) -> pa.Array:
+    """(T, D) -> fixed_size_list[D]; a (T, 1) column is written as a scalar, which is what LeRobot
+    expects for a feature of shape [1]."""
     x = np.ascontiguousarray(x)
+    if x.shape[1] == 1:
+        return pa.array(x[:, 0])
     return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
 
 
@@ -326,6 +356,8 @@ def write_lerobot(
                     app.container.close()
                 except Exception:
                     pass
+            if w._data_writer is not None:
+                w._data_writer.close()
             raise
         w.close(extras(w) if callable(extras) else extras)
     return out

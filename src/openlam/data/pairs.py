@@ -115,7 +115,11 @@ class PairDataset(torch.utils.data.Dataset):
         elif split not in cache.splits:
             raise ConfigError(f"split '{split}' not in {cache.path}; available: {sorted(cache.splits)}")
         else:
-            eps, split_cams = cache.splits[split]["episodes"], cache.splits[split].get("cameras") or cache.cameras
+            eps = cache.splits[split]["episodes"]
+            split_cams = cache.splits[split].get("cameras", cache.cameras)
+            if not split_cams and views is None:
+                raise DataError(cache.path / "cache.json", f"splits.{split}.cameras",
+                                f"at least one cached camera for split '{split}' (cached: {cache.cameras})", "none")
         self.views = list(views) if views is not None else list(split_cams)
         missing = [v for v in self.views if v not in cache.cameras]
         if missing:
@@ -159,15 +163,20 @@ class PairDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._t)
 
-    def gaps(self, idx: np.ndarray) -> np.ndarray:
+    def gaps(self, idx: np.ndarray, epoch: np.ndarray | int | None = None) -> np.ndarray:
         lo, hi = self._lo[idx], self._hi[idx]
-        key = (np.uint64(self.seed) << np.uint64(40)) ^ (np.uint64(self.epoch) << np.uint64(32)) ^ idx.astype(np.uint64)
-        u = _splitmix64(key) >> np.uint64(11)
+        ep = np.asarray(self.epoch if epoch is None else epoch, dtype=np.uint64)
+        h = _splitmix64(np.full(idx.shape, self.seed, dtype=np.uint64))  # chained: seed, epoch, index never alias
+        h = _splitmix64(h ^ ep)
+        u = _splitmix64(h ^ idx.astype(np.uint64)) >> np.uint64(11)
         return lo + (u % (hi - lo + 1).astype(np.uint64)).astype(np.int64)
 
     def __getitems__(self, indices: list[int]) -> PairBatch:
-        idx = np.asarray(indices, dtype=np.int64)
-        gap = self.gaps(idx)
+        """Indices >= len(self) are virtual: epoch * len + i selects pair i with that epoch's gap
+        draw, so a stateless sampler can drive epochs inside DataLoader workers."""
+        virtual = np.asarray(indices, dtype=np.int64)
+        idx = virtual % len(self)
+        gap = self.gaps(idx, self.epoch + virtual // len(self))
         g0 = self._start[idx] + self._t[idx]
         g1 = g0 + gap
         pair = np.stack([g0, g1], 1)  # (B, 2)

@@ -55,8 +55,9 @@ class EpisodeSource(abc.ABC):
         return list(cameras)
 
 
-def open_dataset(path: str | Path, **kwargs: Any) -> EpisodeSource:
-    """Open a LeRobot v3 dataset (has meta/info.json) or a folder of videos / image sequences."""
+def open_dataset(path: str | Path, fps: float | None = None, **kwargs: Any) -> EpisodeSource:
+    """Open a LeRobot v3 dataset (has meta/info.json) or a folder of videos / image sequences.
+    `fps` is the frame rate of image-sequence folders; a dataset that records its own rate ignores it."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, "path", "an existing dataset directory", "nothing there")
@@ -69,5 +70,5 @@ def open_dataset(path: str | Path, **kwargs: Any) -> EpisodeSource:
     if path.is_dir() or path.is_file():
         from openlam.data.folder import FolderSource
 
-        return FolderSource(path, **kwargs)
+        return FolderSource(path, fps=fps, **kwargs)
     raise DataError(path, "path", "a LeRobot dataset (meta/info.json) or a folder of videos/images")

@@ -51,13 +51,19 @@ def make_splits(infos: list[EpisodeInfo], cameras: list[str], cfg: SplitConfig) 
             ood[f"ood:{e.metadata.get('distractor_preset', 'unknown')}"].append(e.index)
         else:
             groups[task].append(e)
+    # tasks with fewer than 3 episodes (e.g. video folders, where every clip is its own "task") are
+    # pooled, so they still contribute val/test episodes
+    small = [e for t in sorted(groups) if len(groups[t]) < 3 for e in groups[t]]
+    groups = {t: g for t, g in groups.items() if len(g) >= 3}
+    if small:
+        groups["\0pooled"] = small
     split_eps: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for task in sorted(groups):
         eps = sorted(groups[task], key=lambda e: _hash01(cfg.seed, str(e.metadata.get("key", e.index))))
         n = len(eps)
         n_test = round(n * cfg.test_fraction)
         n_val = round(n * cfg.val_fraction)
-        if n >= 3:  # small groups still get one held-out episode per nonzero fraction
+        if n >= 3:  # every group still gets one held-out episode per nonzero fraction
             n_test = max(n_test, 1 if cfg.test_fraction > 0 else 0)
             n_val = max(n_val, 1 if cfg.val_fraction > 0 else 0)
         split_eps["test"] += [e.index for e in eps[:n_test]]
@@ -73,3 +79,22 @@ def make_splits(infos: list[EpisodeInfo], cameras: list[str], cfg: SplitConfig) 
     if held:
         out["ood_camera"] = {"episodes": sorted(split_eps["test"]), "cameras": held}
     return out
+
+
+def check_splits(splits: dict[str, dict[str, Any]], n_episodes: int, cameras: list[str], where: Any) -> None:
+    """Stored splits must be in range, use known cameras, and train must not share episodes with
+    val/test (OOD splits may reuse test episodes, e.g. ood_camera)."""
+    from openlam.errors import DataError
+
+    for name, sp in splits.items():
+        eps = sp.get("episodes")
+        if not isinstance(eps, list) or not all(isinstance(e, int) and 0 <= e < n_episodes for e in eps):
+            raise DataError(where, f"splits.{name}.episodes", f"a list of episode indices in 0..{n_episodes - 1}", str(eps)[:80])
+        bad = [c for c in sp.get("cameras", []) if c not in cameras]
+        if bad:
+            raise DataError(where, f"splits.{name}.cameras", f"cameras among {cameras}", str(bad))
+    train = set(splits.get("train", {}).get("episodes", []))
+    for name in ("val", "test"):
+        both = sorted(train & set(splits.get(name, {}).get("episodes", [])))
+        if both:
+            raise DataError(where, f"splits.{name}.episodes", "no episode shared with train", f"shared: {both[:10]}")

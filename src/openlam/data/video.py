@@ -95,6 +95,16 @@ def probe_video(path: Path) -> dict:
         raise DataError(path, "video stream", "a readable video file", f"{type(e).__name__}: {e}") from None
 
 
+def count_frames(path: Path) -> int:
+    """Count video packets (containers like mkv/webm often record neither frame count nor duration)."""
+    try:
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            return sum(1 for pkt in c.demux(s) if pkt.size > 0)
+    except av.FFmpegError as e:
+        raise DataError(path, "video stream", "a readable video file", f"{type(e).__name__}: {e}") from None
+
+
 def resize_frame(frame: np.ndarray, size: int | None, crop: str = "center") -> np.ndarray:
     """Square `size` x `size` output: center-crop to square then area-resize ("center"), or stretch."""
     if size is None:

@@ -8,6 +8,7 @@ workers. Workers are separate processes (spawned: EGL contexts must not be forke
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import time
 import zlib
@@ -65,6 +66,7 @@ class GenerateConfig:
 # -- per-process worker state ----------------------------------------------------------------
 _WORKERS: OrderedDict[tuple, Any] = OrderedDict()
 _MAX_LIVE_ENVS = 4
+_ATEXIT_SET = False
 
 
 class _TaskRig:
@@ -96,7 +98,13 @@ def _rig(task: str, cfg: GenerateConfig) -> _TaskRig:
     while len(_WORKERS) >= _MAX_LIVE_ENVS:
         _, old = _WORKERS.popitem(last=False)
         old.close()
+    global _ATEXIT_SET
     _WORKERS[key] = rig = _TaskRig(task, cfg)
+    if not _ATEXIT_SET:
+        # registered after MuJoCo's EGL module (imported by the first rig), so it runs before
+        # MuJoCo tears the display down: rigs made by direct run_episode calls close cleanly
+        atexit.register(_close_all)
+        _ATEXIT_SET = True
     return rig
 
 
