@@ -80,6 +80,21 @@ def cmd_summary(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(a: argparse.Namespace) -> int:
+    from openlam.config import load_config
+    from openlam.train.config import TrainConfig
+    from openlam.train.trainer import train
+
+    cfg = load_config(TrainConfig, a.config, a.overrides)
+    r = train(cfg, resume=a.resume)
+    if "eval" in r:
+        e = r["eval"]
+        print(f"trained {r['steps']} steps in {r['train_time_s']:.0f} s -> {cfg.out}\n"
+              f"held-out ({r['eval_split']}) recon MSE {e['recon_mse']:.5f} vs copy-last-frame {e['copy_last_mse']:.5f}; "
+              f"codes used {e['codes_used']}/{e['codebook_size']}, perplexity {e['perplexity']:.2f}")
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from openlam.bench.report import record
 
@@ -143,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--episodes", type=int, default=3, help="episodes on the contact sheet")
     s.set_defaults(fn=cmd_summary)
+
+    t = sub.add_parser("train", help="train a latent action model (stage 1); torchrun for DDP")
+    t.add_argument("config", help="YAML TrainConfig, e.g. configs/lapa_tiny.yaml")
+    t.add_argument("--resume", action="store_true", help="continue the run in its out folder from the latest checkpoint")
+    t.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. optim.lr=1e-4 steps=2000")
+    t.set_defaults(fn=cmd_train)
 
     b = sub.add_parser("bench", help="throughput benchmarks, written to docs/benchmarks.md")
     b.add_argument("what", choices=["data", "generate"])

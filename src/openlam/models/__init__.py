@@ -1,0 +1,1 @@
+"""Latent action models: encoders, quantizers, decoders and the LatentActionModel that joins them."""

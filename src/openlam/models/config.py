@@ -1,0 +1,88 @@
+"""Typed configs of a latent action model. Every field is validated; the preset YAMLs in configs/
+fill them for LAPA, Genie and UniVLA-style models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from openlam.errors import ConfigError
+
+
+@dataclass
+class EncoderConfig:
+    kind: Literal["pixel", "backbone"] = "pixel"
+    dim: int = 256
+    layers: int = 4  # spatio-temporal blocks: one spatial + one (causal) temporal attention each
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    patch: int = 8  # pixel encoder patch size
+    readout: Literal["difference", "queries"] = "difference"  # LAPA: e2 - e1 pooled; UniVLA: action queries
+    # frozen backbone (kind = backbone): a DINOv2 ViT through transformers
+    backbone_path: str | None = None  # local HF model dir or .safetensors file; None = random init (tests)
+    backbone_config: dict[str, Any] = field(default_factory=dict)  # Dinov2Config fields for random init
+    backbone_image_size: int = 224  # frames are resized to this before the backbone
+
+
+@dataclass
+class QuantizerConfig:
+    kind: Literal["vq", "ema_vq", "nsvq", "fsq"] = "nsvq"
+    num_tokens: int = 4
+    codebook_size: int = 8
+    code_dim: int = 32
+    beta: float = 0.25  # commitment weight (vq, ema_vq)
+    ema_decay: float = 0.99  # ema_vq codebook decay
+    fsq_levels: list[int] = field(default_factory=lambda: [8])  # fsq: levels per code dim; codebook = prod
+    restart_every: int = 100  # dead-code restart period in steps (0: never); not for fsq
+    restart_threshold: float = 0.03  # a code is dead if its recent usage < threshold * uniform share
+    usage_decay: float = 0.99  # EMA of per-code usage for restarts and the collapse alarm
+    collapse_threshold: float = 0.25  # alarm when fewer than this fraction of codes are in use
+
+
+@dataclass
+class DecoderConfig:
+    kind: Literal["cross_attn", "in_context", "additive"] = "cross_attn"
+    dim: int = 256
+    layers: int = 4
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    stop_grad_context: bool = True  # LAPA: no gradient into the current frame's patch embeddings
+
+
+@dataclass
+class LAMConfig:
+    image_size: int = 64
+    target: Literal["pixels", "features"] = "pixels"
+    # predict o_t+H - o_t (in target space) with a zero-initialised head: training starts exactly at
+    # the copy-last-frame baseline, so any gain over it must come through the latent action
+    predict_residual: bool = False
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    def validate(self) -> None:
+        e, q, d = self.encoder, self.quantizer, self.decoder
+        if e.kind == "pixel" and self.image_size % e.patch:
+            raise ConfigError(f"model.image_size ({self.image_size}) must be a multiple of model.encoder.patch ({e.patch})")
+        if self.target == "features" and e.kind != "backbone":
+            raise ConfigError("model.target=features needs model.encoder.kind=backbone (the frozen features are the target)")
+        for name, dim, heads in (("encoder", e.dim, e.heads), ("decoder", d.dim, d.heads)):
+            if dim % heads:
+                raise ConfigError(f"model.{name}.dim ({dim}) must be divisible by model.{name}.heads ({heads})")
+        if q.kind == "fsq":
+            if any(level < 2 for level in q.fsq_levels):
+                raise ConfigError(f"model.quantizer.fsq_levels must all be >= 2, got {q.fsq_levels}")
+        elif q.codebook_size < 2:
+            raise ConfigError(f"model.quantizer.codebook_size must be >= 2, got {q.codebook_size}")
+        if q.num_tokens < 1:
+            raise ConfigError("model.quantizer.num_tokens must be >= 1")
+
+    @property
+    def codebook_size(self) -> int:
+        q = self.quantizer
+        if q.kind == "fsq":
+            n = 1
+            for level in q.fsq_levels:
+                n *= level
+            return n
+        return q.codebook_size

@@ -1,0 +1,166 @@
+"""LatentActionModel: encoder -> quantizer -> decoder, with strict save/load.
+
+    model.encode(o_t, o_tH) -> QuantOut (indices = latent action, z_cont = continuous embedding)
+    model.decode(o_t, tokens_or_quant) -> prediction of o_t+H (pixels (B,3,S,S) or features (B,N,F))
+    model(pair) -> LAMOutput(pred, target, quant)
+
+Frames enter as float in [-1, 1] (`normalize` converts the uint8 the data layer serves). The model
+does not know which objective trains it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import openlam
+from openlam.artifacts import atomic_write_json
+from openlam.config import from_dict, to_dict
+from openlam.errors import ConfigError
+from openlam.models.blocks import init_weights
+from openlam.models.config import LAMConfig
+from openlam.models.decoders import Decoder
+from openlam.models.encoders import BackboneEncoder, build_encoder
+from openlam.models.quantizers import QuantOut, build_quantizer
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+@dataclass
+class LAMOutput:
+    pred: torch.Tensor
+    target: torch.Tensor
+    quant: QuantOut
+
+
+def normalize(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return frames.float().div_(127.5).sub_(1.0)
+
+
+class LatentActionModel(nn.Module):
+    def __init__(self, cfg: LAMConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.encoder = build_encoder(cfg)
+        e = cfg.encoder
+        self.quantizer = build_quantizer(e.dim, cfg.quantizer)
+        grid = self.encoder.grid
+        self.patch = cfg.image_size // grid[0]
+        out_dim = self.patch * self.patch * 3 if cfg.target == "pixels" else self.encoder.feat_dim
+        self.decoder = Decoder(cfg.decoder, self.encoder.context_dim, e.dim, cfg.quantizer.num_tokens, grid[0] * grid[1], out_dim)
+        for m in (self.encoder, self.quantizer, self.decoder):
+            for name, child in m.named_children():
+                if name != "backbone":
+                    init_weights(child)
+        if cfg.predict_residual:
+            nn.init.zeros_(self.decoder.head.weight)
+            nn.init.zeros_(self.decoder.head.bias)
+
+    @property
+    def uses_backbone(self) -> bool:
+        return isinstance(self.encoder, BackboneEncoder)
+
+    # -- core -------------------------------------------------------------------------------
+    def _unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        g, p = self.encoder.grid[0], self.patch
+        return x.view(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(B, 3, g * p, g * p)
+
+    def _target_space(self, frames: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
+        """frames (B, T, 3, S, S) -> what the decoder predicts for each frame."""
+        if self.cfg.target == "pixels":
+            return frames
+        assert feats is not None
+        return F.layer_norm(feats, feats.shape[-1:])
+
+    def _predict(self, context: torch.Tensor, z_q: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
+        out = self.decoder(context, z_q)
+        out = self._unpatchify(out) if self.cfg.target == "pixels" else out
+        return out + base if self.cfg.predict_residual else out
+
+    def forward(self, pair: torch.Tensor) -> LAMOutput:
+        """pair: (B, 2, 3, S, S) float in [-1, 1] -> prediction of o_t+H, its target, the codes."""
+        feats = self.encoder.features(pair) if self.uses_backbone else None
+        tokens, ctx = self.encoder(pair, feats) if self.uses_backbone else self.encoder(pair)
+        space = self._target_space(pair, feats)
+        quant = self.quantizer(tokens)
+        return LAMOutput(self._predict(ctx, quant.z_q, space[:, 0]), space[:, 1], quant)
+
+    def encode(self, o_t: torch.Tensor, o_tH: torch.Tensor) -> QuantOut:
+        tokens, _ = self.encoder(torch.stack([o_t, o_tH], 1))
+        return self.quantizer(tokens)
+
+    def decode(self, o_t: torch.Tensor, action: QuantOut | torch.Tensor) -> torch.Tensor:
+        """Predict o_t+H from o_t and a latent action (a QuantOut, or codes (B, K) int64)."""
+        z_q = action.z_q if isinstance(action, QuantOut) else self.quantizer.embed_indices(action)
+        feats = self.encoder.features(o_t[:, None]) if self.uses_backbone else None
+        base = self._target_space(o_t[:, None], feats)[:, 0]
+        return self._predict(self.encoder.context(o_t), z_q, base)
+
+    # -- persistence ------------------------------------------------------------------------
+    def architecture(self) -> dict[str, list[int]]:
+        return {k: list(v.shape) for k, v in self.state_dict().items()}
+
+    def save_pretrained(self, directory: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """model.safetensors + config.json (config, architecture hash, version). Self-contained:
+        a frozen backbone's weights and config are saved too, so loading never needs its source."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = to_dict(self.cfg)
+        if self.uses_backbone:
+            bc = self.encoder.backbone.config.to_dict()
+            keep = {k: v for k, v in bc.items() if not k.startswith("_") and k not in ("architectures", "transformers_version", "torch_dtype", "dtype")}
+            cfg["encoder"]["backbone_config"] = keep
+            cfg["encoder"]["backbone_path"] = None
+        arch = self.architecture()
+        tensors = {k: v.detach().contiguous().cpu() for k, v in (state or self.state_dict()).items()}
+        tmp = d / f".{WEIGHTS}.tmp"
+        save_file(tensors, str(tmp), metadata={"format": "pt", "openlam": openlam.__version__})
+        tmp.replace(d / WEIGHTS)
+        atomic_write_json(d / CONFIG, {
+            "openlam_version": openlam.__version__,
+            "model": cfg,
+            "architecture_sha": _arch_hash(arch),
+            "num_parameters": sum(p.numel() for p in self.parameters()),
+        })
+        return d
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> LatentActionModel:
+        d = Path(directory)
+        cfg_path, w_path = d / CONFIG, d / WEIGHTS
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise ConfigError(f"{p}: missing; expected a directory written by LatentActionModel.save_pretrained")
+        meta = json.loads(cfg_path.read_text())
+        model = cls(from_dict(LAMConfig, meta["model"]))
+        arch = model.architecture()
+        if meta.get("architecture_sha") != _arch_hash(arch):
+            raise ConfigError(f"{cfg_path}: architecture_sha does not match the model built from its config (edited config or weights?)")
+        load_strict(model, load_file(str(w_path), device=str(map_location)), w_path)
+        return model.to(map_location)
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
+    """load_state_dict(strict=True) with an error that lists missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ConfigError(f"{where}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
+    model.load_state_dict(state, strict=True)
+
+
+def _arch_hash(arch: dict[str, list[int]]) -> str:
+    return hashlib.sha256(json.dumps(sorted(arch.items())).encode()).hexdigest()[:16]

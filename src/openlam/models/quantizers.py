@@ -1,0 +1,227 @@
+"""Discrete bottlenecks for latent actions: VQ, EMA-VQ, NSVQ (LAPA) and FSQ.
+
+All map continuous tokens z (B, K, D) to codes: `QuantOut.z_q` (B, K, D) goes to the decoder,
+`indices` (B, K) are the latent action, `z_cont` (B, K, code_dim) is the continuous
+pre-quantization embedding that labelling stores. Usage is tracked on the device (no host sync):
+`counts` per step and an EMA of usage that drives dead-code restarts and the collapse alarm.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from openlam.models.config import QuantizerConfig
+
+
+@dataclass
+class QuantOut:
+    z_q: torch.Tensor  # (B, K, D) quantized tokens, in model dim
+    indices: torch.Tensor  # (B, K) int64 codes
+    z_cont: torch.Tensor  # (B, K, code_dim) continuous embedding before quantization
+    loss: torch.Tensor  # scalar auxiliary loss (codebook/commitment); 0 for nsvq/fsq
+    counts: torch.Tensor  # (C,) code counts in this batch
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+class Quantizer(nn.Module, metaclass=abc.ABCMeta):
+    def __init__(self, dim: int, cfg: QuantizerConfig, codebook_size: int, code_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.codebook_size = codebook_size
+        self.code_dim = code_dim
+        self.proj_in = nn.Linear(dim, code_dim)
+        self.proj_out = nn.Linear(code_dim, dim)
+        self.register_buffer("usage", torch.full((codebook_size,), 1.0 / codebook_size))
+        self._last_z: torch.Tensor | None = None
+
+    def _track(self, indices: torch.Tensor) -> torch.Tensor:
+        counts = torch.bincount(indices.reshape(-1), minlength=self.codebook_size).to(self.usage.dtype)
+        if self.training:
+            if _distributed():  # usage over the global batch, identical on every rank
+                counts = counts.clone()
+                dist.all_reduce(counts)
+            with torch.no_grad():
+                share = counts / counts.sum().clamp_min(1)
+                self.usage.mul_(self.cfg.usage_decay).add_(share, alpha=1 - self.cfg.usage_decay)
+        return counts
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor) -> QuantOut:
+        """x: (B, K, dim) continuous action tokens."""
+
+    @abc.abstractmethod
+    def embed_indices(self, idx: torch.Tensor) -> torch.Tensor:
+        """Codes (B, K) -> decoder-ready tokens (B, K, D): how a stored latent action is replayed."""
+
+    def usage_fraction(self) -> torch.Tensor:
+        """Fraction of codes in recent use (EMA share above 1/10 of a uniform share)."""
+        return (self.usage > 0.1 / self.codebook_size).float().mean()
+
+    def perplexity(self, counts: torch.Tensor) -> torch.Tensor:
+        p = counts / counts.sum().clamp_min(1)
+        return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+
+    @torch.no_grad()
+    def restart_dead_codes(self) -> torch.Tensor:
+        """Re-seed codes whose recent usage is below threshold with encoder outputs from the last
+        training batch (plus a little noise). Identical on every DDP rank (rank 0's choice is
+        broadcast). Returns the number of restarted codes (a tensor: no host sync). FSQ has no
+        codebook to restart."""
+        return torch.zeros((), device=self.usage.device)
+
+
+class _CodebookQuantizer(Quantizer):
+    """Shared nearest-neighbour machinery of VQ, EMA-VQ and NSVQ."""
+
+    def __init__(self, dim: int, cfg: QuantizerConfig):
+        super().__init__(dim, cfg, cfg.codebook_size, cfg.code_dim)
+        self.codebook = nn.Parameter(torch.randn(cfg.codebook_size, cfg.code_dim) / math.sqrt(cfg.code_dim))
+
+    def _codes(self) -> torch.Tensor:
+        return self.codebook
+
+    def embed_indices(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(self._codes()[idx])
+
+    def nearest(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cb = self._codes()
+        flat = z.reshape(-1, z.shape[-1])
+        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.t() + cb.pow(2).sum(1)[None]
+        idx = d.argmin(1)
+        return idx.view(z.shape[:-1]), cb[idx].view_as(z)
+
+    @torch.no_grad()
+    def restart_dead_codes(self) -> torch.Tensor:
+        if self._last_z is None or self.cfg.restart_every <= 0:
+            return torch.zeros((), device=self.usage.device)
+        flat = self._last_z.reshape(-1, self.code_dim)
+        dead = self.usage < self.cfg.restart_threshold / self.codebook_size
+        pick = flat[torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)]
+        fresh = pick + 0.01 * flat.std() * torch.randn_like(pick)
+        cb = self._codes()
+        new = torch.where(dead[:, None], fresh.to(cb.dtype), cb)
+        usage = torch.where(dead, torch.full_like(self.usage, 1.0 / self.codebook_size), self.usage)
+        if _distributed():
+            dist.broadcast(new, 0)
+            dist.broadcast(usage, 0)
+            dist.broadcast(dead, 0)
+        self._set_codes(new)
+        self.usage.copy_(usage)
+        return dead.sum()
+
+    def _set_codes(self, new: torch.Tensor) -> None:
+        self.codebook.data.copy_(new)
+
+
+class VQ(_CodebookQuantizer):
+    """Classic VQ-VAE: straight-through estimator, codebook + beta * commitment loss."""
+
+    def forward(self, x: torch.Tensor) -> QuantOut:
+        z = self.proj_in(x)
+        idx, q = self.nearest(z)
+        loss = F.mse_loss(q, z.detach()) + self.cfg.beta * F.mse_loss(z, q.detach())
+        z_st = z + (q - z).detach()
+        if self.training:
+            self._last_z = z.detach()
+        return QuantOut(self.proj_out(z_st), idx, z, loss, self._track(idx))
+
+
+class EMAVQ(_CodebookQuantizer):
+    """VQ whose codebook follows an EMA of assigned encoder outputs (no codebook gradient);
+    statistics are summed over DDP ranks so every rank keeps the same codebook."""
+
+    def __init__(self, dim: int, cfg: QuantizerConfig):
+        super().__init__(dim, cfg)
+        self.codebook.requires_grad_(False)
+        self.register_buffer("cluster_size", torch.ones(cfg.codebook_size))
+        self.register_buffer("embed_sum", self.codebook.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> QuantOut:
+        z = self.proj_in(x)
+        idx, q = self.nearest(z)
+        if self.training:
+            with torch.no_grad():
+                onehot = F.one_hot(idx.reshape(-1), self.codebook_size).to(z.dtype)
+                size = onehot.sum(0)
+                embed = onehot.t() @ z.detach().reshape(-1, self.code_dim)
+                if _distributed():
+                    dist.all_reduce(size)
+                    dist.all_reduce(embed)
+                d = self.cfg.ema_decay
+                self.cluster_size.mul_(d).add_(size, alpha=1 - d)
+                self.embed_sum.mul_(d).add_(embed, alpha=1 - d)
+                n = self.cluster_size.sum()
+                smoothed = (self.cluster_size + 1e-5) / (n + self.codebook_size * 1e-5) * n
+                self.codebook.data.copy_(self.embed_sum / smoothed[:, None])
+            self._last_z = z.detach()
+        loss = self.cfg.beta * F.mse_loss(z, q.detach())
+        z_st = z + (q - z).detach()
+        return QuantOut(self.proj_out(z_st), idx, z, loss, self._track(idx))
+
+    def _set_codes(self, new: torch.Tensor) -> None:
+        self.codebook.data.copy_(new)
+        self.embed_sum.copy_(new * self.cluster_size[:, None])
+
+
+class NSVQ(_CodebookQuantizer):
+    """Noise-substitution VQ (Vali & Bäckström 2022; used by LAPA): during training the quantization
+    error is replaced by noise of the same norm, z + ||z - q|| * n / ||n||, so gradients reach both
+    the encoder and (through the norm) the codebook without a straight-through estimator."""
+
+    def forward(self, x: torch.Tensor) -> QuantOut:
+        z = self.proj_in(x)
+        idx, q = self.nearest(z)
+        if self.training:
+            q = self._codes()[idx]  # differentiable w.r.t. the codebook
+            err = (z - q).norm(dim=-1, keepdim=True)
+            noise = torch.randn_like(z)
+            out = z + err * noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            self._last_z = z.detach()
+        else:
+            out = q
+        return QuantOut(self.proj_out(out), idx, z, z.new_zeros(()), self._track(idx))
+
+
+class FSQ(Quantizer):
+    """Finite scalar quantization (Mentzer et al. 2023): each code dim is bounded and rounded to
+    `levels[i]` values with a straight-through estimator; the code is the mixed-radix index."""
+
+    def __init__(self, dim: int, cfg: QuantizerConfig):
+        levels = list(cfg.fsq_levels)
+        super().__init__(dim, cfg, math.prod(levels), len(levels))
+        self.register_buffer("levels", torch.tensor(levels, dtype=torch.float32))
+        basis = torch.cumprod(torch.tensor([1] + levels[:-1], dtype=torch.int64), 0)
+        self.register_buffer("basis", basis)
+
+    def forward(self, x: torch.Tensor) -> QuantOut:
+        z = self.proj_in(x)
+        # bound each dim to an interval holding exactly L integers: (-L/2, L/2) shifted by 1/2 for even L
+        half = (self.levels - 1) * (1 + 1e-3) / 2
+        offset = torch.where(self.levels % 2 == 0, 0.5, 0.0)
+        shift = torch.atanh(offset / half)
+        bounded = torch.tanh(z + shift) * half - offset
+        rounded = bounded + (torch.round(bounded) - bounded).detach()
+        width = torch.div(self.levels, 2, rounding_mode="floor")
+        digits = (torch.round(bounded) + width).long()  # 0 .. L-1 per dim
+        idx = (digits * self.basis).sum(-1)
+        out = rounded / width  # about [-1, 1]
+        return QuantOut(self.proj_out(out), idx, z, z.new_zeros(()), self._track(idx))
+
+    def embed_indices(self, idx: torch.Tensor) -> torch.Tensor:
+        width = torch.div(self.levels, 2, rounding_mode="floor")
+        digits = (idx[..., None] // self.basis) % self.levels.long()
+        return self.proj_out((digits - width) / width)
+
+
+def build_quantizer(dim: int, cfg: QuantizerConfig) -> Quantizer:
+    return {"vq": VQ, "ema_vq": EMAVQ, "nsvq": NSVQ, "fsq": FSQ}[cfg.kind](dim, cfg)

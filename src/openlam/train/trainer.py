@@ -1,0 +1,272 @@
+"""The stage-1 training loop.
+
+One code path for a single process and for `torchrun --nproc_per_node N -m openlam train ...`
+(DDP: gloo on CPU, nccl on GPU). Each rank takes its slice of a global batch that depends only on
+(seed, step), so N ranks see the samples one process would, and resume can restart at any step.
+The hot loop does no host syncs: logs stay on the device and are fetched once per log interval,
+where the non-finite-loss check and the codebook-collapse alarm run too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from openlam.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text
+from openlam.config import dump_config
+from openlam.data.cache import CacheConfig, FrameCache, build_cache
+from openlam.data.pairs import PairBatch, PairDataset
+from openlam.errors import ConfigError, OpenLAMError
+from openlam.models.lam import LatentActionModel, load_strict
+from openlam.objectives import build_objective
+from openlam.train import checkpoint, distributed
+from openlam.train.config import TrainConfig
+from openlam.train.evaluate import preview_png, reconstruction_eval
+from openlam.train.logger import RunLogger
+from openlam.train.sampler import StepBatchSampler
+
+
+class NonFiniteLoss(OpenLAMError):
+    pass
+
+
+def _keep(b: PairBatch) -> PairBatch:
+    return b
+
+
+def resolve_cache(cfg: TrainConfig, out: Path, main: bool) -> FrameCache:
+    """Use data.cache as is, or decode data.dataset once into <out>/cache (rank 0; others wait)."""
+    if cfg.data.cache is not None:
+        return FrameCache(cfg.data.cache)
+    path = out / "cache"
+    if main and not (path / "cache.json").is_file():
+        from openlam.data.source import open_dataset
+
+        src = open_dataset(cfg.data.dataset, **({"fps": cfg.data.fps} if cfg.data.fps else {}))
+        build_cache(src, path, CacheConfig(size=cfg.model.image_size, cameras=cfg.data.views, workers=cfg.data.workers))
+    distributed.barrier()
+    return FrameCache(path)
+
+
+def check_data_fits_model(cfg: TrainConfig, cache: FrameCache, train: PairDataset) -> None:
+    """Shape and view mismatches are config errors before any training step."""
+    if cfg.model.encoder.kind == "pixel" and cache.size != cfg.model.image_size:
+        raise ConfigError(f"{cache.path}: frames are {cache.size} px but model.image_size is {cfg.model.image_size}; "
+                          f"re-cache at {cfg.model.image_size} px or set model.image_size={cache.size}")
+    if not train.views:
+        raise ConfigError(f"data.views: no camera selected from {cache.cameras}")
+
+
+def _param_groups(model: torch.nn.Module, wd: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "pos" not in name and "codebook" not in name and "queries" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(cfg: TrainConfig):  # type: ignore[no-untyped-def]
+    o = cfg.optim
+
+    def f(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        t = (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps)
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return f
+
+
+def _fixed_batches(ds: PairDataset, batch: int, count: int) -> list[PairBatch]:
+    n = min(len(ds), batch * count)
+    idx = np.linspace(0, len(ds) - 1, n).round().astype(int).tolist()
+    return [ds.__getitems__(idx[i : i + batch]) for i in range(0, n, batch)]
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    info, device = distributed.init(cfg.device)
+    out = Path(cfg.out)
+    try:
+        return _train(cfg, resume, info, device, out)
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: torch.device, out: Path) -> dict[str, Any]:
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume and checkpoint.latest(out) is not None:
+            raise OpenLAMError(f"{out}: already has checkpoints; pass --resume to continue it, or choose another out")
+    if resume and checkpoint.latest(out) is None:
+        raise OpenLAMError(f"{out}: --resume given but there is no checkpoint in {checkpoint.ckpt_dir(out)}")
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    cache = resolve_cache(cfg, out, info.main)
+    train_ds = PairDataset(cache, cfg.data.train_split, cfg.data.views, cfg.data.gap, seed=cfg.seed)
+    check_data_fits_model(cfg, cache, train_ds)
+    val_ds = None
+    if cfg.data.val_split in cache.splits and cache.splits[cfg.data.val_split]["episodes"]:
+        val_ds = PairDataset(cache, cfg.data.val_split, train_ds.views, cfg.data.gap, seed=cfg.seed + 1)
+    model = LatentActionModel(cfg.model).to(device)
+    objective = build_objective(cfg.objectives).to(device)
+    if info.main:
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
+        atomic_write_json(out / "inputs.json", {
+            "cache": str(cache.path.resolve()), "source": cache.meta["source"],
+            "source_fingerprint": cache.meta["source_fingerprint"], "views": train_ds.views,
+            "gap": cfg.data.gap.describe(), "train_pairs": len(train_ds), "val_pairs": len(val_ds) if val_ds else 0,
+        })
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    ema = None
+    if cfg.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    start = 0
+    if resume:
+        path = checkpoint.latest(out)
+        assert path is not None
+        start, mstate, estate, tstate = checkpoint.load(path)
+        load_strict(model, mstate, path / "model.safetensors")
+        if ema is not None:
+            if estate is None:
+                raise OpenLAMError(f"{path}: ema_decay > 0 but the checkpoint has no EMA weights")
+            load_strict(ema.module, estate, path / "ema.safetensors")
+            ema.n_averaged.fill_(tstate["ema_n"])
+        opt.load_state_dict(tstate["optimizer"])
+        sched.load_state_dict(tstate["scheduler"])
+        torch.set_rng_state(tstate["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in tstate:
+            torch.cuda.set_rng_state(tstate["rng_cuda"])
+    net: torch.nn.Module = model
+    if info.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    sampler = StepBatchSampler(len(train_ds), cfg.batch_size, cfg.steps, cfg.seed, start, info.rank, info.world)
+    loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.data.workers, collate_fn=_keep,
+                                         pin_memory=device.type == "cuda")
+    eval_ds = val_ds or train_ds
+    eval_batches = _fixed_batches(eval_ds, min(cfg.batch_size, 64), cfg.eval_batches) if info.main else []
+    preview_batch = _fixed_batches(eval_ds, 8, 1)[0] if info.main else None
+    log = RunLogger(out, cfg.steps, start, info.main)
+    restart_every = cfg.model.quantizer.restart_every
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    restarted = torch.zeros((), device=device)  # dead codes re-seeded since the last flush
+    window: list[tuple[int, dict[str, torch.Tensor], float]] = []
+    t_window, train_time, last_step = time.perf_counter(), 0.0, start
+
+    def write_checkpoint(step: int) -> None:
+        if info.main:
+            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(), "step": step}
+            if device.type == "cuda":
+                state["rng_cuda"] = torch.cuda.get_rng_state()
+            if ema is not None:
+                state["ema_n"] = int(ema.n_averaged.item())
+            checkpoint.save(out, step, model.state_dict(), ema.module.state_dict() if ema is not None else None, state, cfg.keep_last)
+        distributed.barrier()
+
+    def flush(step: int) -> bool:
+        """Fetch the window's logs (one sync), check for non-finite loss, log, alarm. Returns stop?"""
+        nonlocal t_window, train_time, window, restarted
+        if bad.item():
+            losses = torch.stack([w[1]["loss"] for w in window]).float().cpu().numpy()
+            first = window[int(np.argmax(~np.isfinite(losses)))][0] if (~np.isfinite(losses)).any() else window[0][0]
+            last = checkpoint.latest(out)
+            raise NonFiniteLoss(f"non-finite loss at step {first}; training stopped. Last good checkpoint: "
+                                f"{last if last else 'none (no checkpoint was written yet)'}; lower optim.lr or check the data")
+        keys = [k for k in window[0][1] if not k.endswith("code_counts")]
+        vals = torch.stack([torch.stack([w[1][k].float() for k in keys]) for w in window]).cpu().numpy()
+        count_keys = [k for k in window[0][1] if k.endswith("code_counts")]
+        counts = {k: torch.stack([w[1][k] for w in window]).sum(0) for k in count_keys}
+        elapsed = time.perf_counter() - t_window
+        train_time += elapsed
+        sps = len(window) * cfg.batch_size / max(elapsed, 1e-9)
+        rows = [{"step": s, "lr": lr, **{k: float(v) for k, v in zip(keys, row)}} for (s, _, lr), row in zip(window, vals)]
+        log.rows(rows)
+        mean = {k: float(v) for k, v in zip(keys, vals.mean(0))}
+        usage = float(model.quantizer.usage_fraction().item())
+        scal = {f"train/{k}": v for k, v in mean.items()} | {
+            "train/lr": window[-1][2], "train/samples_per_s": sps, "codebook/usage_fraction": usage,
+            "codebook/restarted_codes": float(restarted.item()),
+        }
+        restarted.zero_()
+        for k, c in counts.items():
+            p = c / c.sum().clamp_min(1)
+            scal[f"codebook/{k.split('/')[0]}_perplexity"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item())
+            scal[f"codebook/{k.split('/')[0]}_codes_in_window"] = float((c > 0).float().mean().item())
+        log.scalars(step, scal)
+        log.progress(step, mean["loss"], sps)
+        if usage < cfg.model.quantizer.collapse_threshold:
+            msg = (f"codebook collapse alarm at step {step}: only {usage:.0%} of {model.cfg.codebook_size} codes in recent use "
+                   f"(threshold {cfg.model.quantizer.collapse_threshold:.0%})")
+            if info.main:
+                warnings.warn(msg, stacklevel=2)
+            log.text(step, "alarm/codebook_collapse", msg)
+        window = []
+        t_window = time.perf_counter()
+        stop = torch.tensor(float(cfg.time_limit_s > 0 and train_time >= cfg.time_limit_s), device=device)
+        return bool(distributed.all_reduce_sum(stop).item() > 0)
+
+    model.train()
+    stopped_early = False
+    step = start
+    for step, batch in zip(range(start, cfg.steps), loader):
+        batch = batch.to(device, non_blocking=True)
+        with amp:
+            loss, logs = objective(net, batch)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        opt.step()
+        lr = sched.get_last_lr()[0]
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update_parameters(model)
+        if restart_every > 0 and (step + 1) % restart_every == 0:
+            restarted += model.quantizer.restart_dead_codes()
+        bad |= ~torch.isfinite(loss.detach())
+        window.append((step + 1, logs, lr))
+        last_step = step + 1
+        stop = False
+        if last_step % cfg.log_every == 0 or last_step == cfg.steps:
+            stop = flush(last_step)
+        if info.main and cfg.preview_every and last_step % cfg.preview_every == 0:
+            atomic_write_bytes(out / "previews" / f"step_{last_step:08d}.png", preview_png(model, preview_batch, device))
+        if info.main and cfg.eval_every and last_step % cfg.eval_every == 0:
+            log.scalars(last_step, {f"eval/{k}": float(v) for k, v in reconstruction_eval(model, eval_batches, device).items()})
+        if last_step % cfg.ckpt_every == 0 or last_step == cfg.steps or stop:
+            if window:
+                stop = flush(last_step) or stop
+            write_checkpoint(last_step)
+        if stop:
+            stopped_early = True
+            break
+
+    result: dict[str, Any] = {"steps": last_step, "stopped_by_time_limit": stopped_early, "train_time_s": train_time}
+    if info.main:
+        result["eval"] = reconstruction_eval(model, eval_batches, device)
+        result["eval_split"] = cfg.data.val_split if val_ds is not None else cfg.data.train_split
+        atomic_write_bytes(out / "previews" / f"step_{last_step:08d}.png", preview_png(model, preview_batch, device))
+        model.save_pretrained(out / "model")
+        if ema is not None:
+            result["eval_ema"] = reconstruction_eval(ema.module, eval_batches, device)
+            ema.module.save_pretrained(out / "model_ema")
+        log.scalars(last_step, {f"eval/{k}": float(v) for k, v in result["eval"].items()})
+        atomic_write_json(out / "summary.json", result)
+    log.close()
+    return result
