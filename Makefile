@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile scripts/system_deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[sim,dev]"
+	$(PY) -m pip install --quiet -e ".[sim,backbone,dev]"
 	touch $@
 
 test: setup
@@ -24,11 +24,14 @@ test: setup
 
 demo: setup
 	$(OPENLAM) generate metaworld --tasks reach-v3,push-v3,button-press-topdown-v3,drawer-open-v3 \
-		--episodes 3 --cameras corner,corner2,corner3,topview --size 64 --distractors mild \
+		--episodes 5 --cameras corner,corner2,corner3,topview --size 64 --distractors mild \
 		--action-noise 0.1 --workers 2 --seed 0 --out $(DEMO)/data --overwrite
 	$(OPENLAM) validate $(DEMO)/data
 	$(OPENLAM) summary $(DEMO)/data --out $(DEMO)
-	@echo "demo outputs: $(DEMO)/contact_sheet.png $(DEMO)/summary.md"
+	rm -rf $(DEMO)/lapa_tiny
+	$(OPENLAM) train configs/lapa_tiny.yaml data.dataset=$(DEMO)/data out=$(DEMO)/lapa_tiny \
+		steps=300 time_limit_s=240 preview_every=100 ckpt_every=100
+	@echo "demo outputs: $(DEMO)/contact_sheet.png $(DEMO)/summary.md $(DEMO)/lapa_tiny/previews/ $(DEMO)/lapa_tiny/summary.json"
 
 clean:
 	rm -rf $(VENV) runs

@@ -7,28 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from openlam.data.cache import CacheConfig, FrameCache, build_cache
-from openlam.data.episode import ActionSpace, Episode
 from openlam.data.lerobot_writer import write_lerobot
 from openlam.data.pairs import GapConfig, PairDataset, pair_loader
+from openlam.data.synthetic import moving_squares
 
 
 def synthetic_dataset(out: Path, episodes: int = 16, length: int = 200, cameras: int = 4, size: int = 64) -> Path:
-    """Random-texture episodes with masks and actions: throughput does not depend on content."""
-    rng = np.random.default_rng(0)
-
-    def gen():
-        for _ in range(episodes):
-            base = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-            frames = {f"cam{c}": np.stack([np.roll(base, t + c, axis=1) for t in range(length)]) for c in range(cameras)}
-            masks = {k: v[..., 0] > 128 for k, v in frames.items()}
-            yield Episode(frames=frames, fps=80.0, language="synthetic", masks=masks,
-                          actions=rng.normal(size=(length, 4)).astype(np.float32),
-                          action_space=ActionSpace(["dx", "dy", "dz", "g"], ["delta"] * 3 + ["absolute"]))
-
-    return write_lerobot(out, gen(), fps=80.0, overwrite=True)
+    """Moving-squares episodes with masks and actions: throughput does not depend on content."""
+    return write_lerobot(out, moving_squares(episodes, length, size, views=cameras, fps=80.0), fps=80.0, overwrite=True)
 
 
 def bench_data(dataset: str | None = None, batch_size: int = 64, workers: int = 2, batches: int = 200, size: int = 64) -> dict[str, Any]:

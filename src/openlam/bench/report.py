@@ -12,7 +12,7 @@ from typing import Any
 
 from openlam.artifacts import atomic_write_text
 
-HEADER = "# Benchmarks\n\nEvery section is written by the command it shows; re-run it to refresh the numbers.\n"
+HEADER = "# Results\n\nEvery section is written by the command it shows; re-run it to refresh the numbers.\n"
 
 
 def machine() -> str:
@@ -31,17 +31,22 @@ def machine() -> str:
 
 
 def record(name: str, results: dict[str, Any], notes: str = "", path: str | Path = "docs/benchmarks.md") -> str:
+    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in results.items())
+    return record_section(name, f"| metric | value |\n|---|---|\n{rows}", notes, path)
+
+
+def record_section(name: str, body: str, notes: str = "", path: str | Path = "docs/benchmarks.md") -> str:
+    """Replace (or append) section `## name` of a markdown file with the command, machine, date and `body`."""
     path = Path(path)
     text = path.read_text() if path.is_file() else HEADER
     cmd = "openlam " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("openlam") else " ".join(sys.argv)
-    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in results.items())
     section = (
         f"## {name}\n\n- command: `{cmd}`\n- machine: {machine()}\n- date: {dt.date.today().isoformat()}\n"
         + (f"- notes: {notes}\n" if notes else "")
-        + f"\n| metric | value |\n|---|---|\n{rows}\n"
+        + f"\n{body}\n"
     )
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     atomic_write_text(path, text)
     return section
 

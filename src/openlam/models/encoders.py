@@ -67,7 +67,9 @@ class PixelSTEncoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, 1, g * g, e.dim) * 0.02)
         self.time = nn.Parameter(torch.randn(1, 2, 1, e.dim) * 0.02)
         self.blocks = nn.ModuleList([STBlock(e.dim, e.heads, e.mlp_ratio) for _ in range(e.layers)])
-        self.norm = nn.LayerNorm(e.dim)
+        # with the difference readout a bias would cancel exactly in e2 - e1 (a parameter with no
+        # gradient but float noise, which Adam amplifies), so it has none
+        self.norm = nn.LayerNorm(e.dim, bias=e.readout != "difference")
         self.readout = Readout(e, cfg.quantizer.num_tokens, self.grid)
         self.context_dim = e.dim
 
@@ -141,7 +143,9 @@ class BackboneEncoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, 1, g * g, e.dim) * 0.02)
         self.time = nn.Parameter(torch.randn(1, 2, 1, e.dim) * 0.02)
         self.blocks = nn.ModuleList([STBlock(e.dim, e.heads, e.mlp_ratio) for _ in range(e.layers)])
-        self.norm = nn.LayerNorm(e.dim)
+        # with the difference readout a bias would cancel exactly in e2 - e1 (a parameter with no
+        # gradient but float noise, which Adam amplifies), so it has none
+        self.norm = nn.LayerNorm(e.dim, bias=e.readout != "difference")
         self.readout = Readout(e, cfg.quantizer.num_tokens, self.grid)
         self.context_dim = e.dim
 

@@ -208,7 +208,7 @@ class FSQ(Quantizer):
         # bound each dim to an interval holding exactly L integers: (-L/2, L/2) shifted by 1/2 for even L
         half = (self.levels - 1) * (1 + 1e-3) / 2
         offset = torch.where(self.levels % 2 == 0, 0.5, 0.0)
-        shift = torch.atanh(offset / half)
+        shift = torch.tan(offset / half)
         bounded = torch.tanh(z + shift) * half - offset
         rounded = bounded + (torch.round(bounded) - bounded).detach()
         width = torch.div(self.levels, 2, rounding_mode="floor")

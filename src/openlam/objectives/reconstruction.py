@@ -16,7 +16,9 @@ from openlam.objectives.base import Logs, Objective
 
 @dataclass
 class ReconstructionConfig:
-    views: Literal["all", "first"] = "all"  # all: every view is an independent sample (single-view LAM)
+    # all: every view of every pair is a sample; random: one view per pair (hash of episode and t, so
+    # deterministic), V times cheaper; first: always the first view
+    views: Literal["all", "random", "first"] = "all"
     loss: Literal["mse", "l1"] = "mse"
 
 
@@ -24,6 +26,13 @@ def stack_views(batch: PairBatch, views: list[str]) -> torch.Tensor:
     """(B, 2, 3, S, S) uint8 per view -> (B*V, 2, 3, S, S) float in [-1, 1], view-major per sample."""
     x = torch.stack([batch.frames[v] for v in views], 1)
     return normalize(x.flatten(0, 1))
+
+
+def one_view_per_pair(batch: PairBatch) -> torch.Tensor:
+    """(B, 2, 3, S, S) float: view (episode * 7919 + t) mod V of each pair."""
+    x = torch.stack([batch.frames[v] for v in batch.views], 1)
+    pick = (batch.episode * 7919 + batch.t) % len(batch.views)
+    return normalize(x[torch.arange(x.shape[0], device=x.device), pick])
 
 
 class Reconstruction(Objective):
@@ -34,8 +43,11 @@ class Reconstruction(Objective):
         self.cfg = cfg
 
     def forward(self, model: torch.nn.Module, batch: PairBatch) -> tuple[torch.Tensor, Logs]:
-        views = batch.views if self.cfg.views == "all" else batch.views[:1]
-        out = model(stack_views(batch, views))
+        if self.cfg.views == "random":
+            x = one_view_per_pair(batch)
+        else:
+            x = stack_views(batch, batch.views if self.cfg.views == "all" else batch.views[:1])
+        out = model(x)
         err = F.mse_loss(out.pred, out.target) if self.cfg.loss == "mse" else F.l1_loss(out.pred, out.target)
         loss = err + out.quant.loss
         return loss, {"error": err.detach(), "quant_loss": out.quant.loss.detach(), "code_counts": out.quant.counts}

@@ -156,8 +156,10 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
         net = torch.compile(net)
 
     sampler = StepBatchSampler(len(train_ds), cfg.batch_size, cfg.steps, cfg.seed, start, info.rank, info.world)
+    # the loader gets its own generator: drawing its base seed from the global RNG would shift the
+    # model's random stream (NSVQ noise, code restarts) after a resume
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.data.workers, collate_fn=_keep,
-                                         pin_memory=device.type == "cuda")
+                                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
     eval_ds = val_ds or train_ds
     eval_batches = _fixed_batches(eval_ds, min(cfg.batch_size, 64), cfg.eval_batches) if info.main else []
     preview_batch = _fixed_batches(eval_ds, 8, 1)[0] if info.main else None
@@ -189,7 +191,8 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
             raise NonFiniteLoss(f"non-finite loss at step {first}; training stopped. Last good checkpoint: "
                                 f"{last if last else 'none (no checkpoint was written yet)'}; lower optim.lr or check the data")
         keys = [k for k in window[0][1] if not k.endswith("code_counts")]
-        vals = torch.stack([torch.stack([w[1][k].float() for k in keys]) for w in window]).cpu().numpy()
+        vals = torch.stack([torch.stack([w[1][k].float() for k in keys]) for w in window])
+        vals = (distributed.all_reduce_sum(vals) / info.world).cpu().numpy()  # logs describe the global batch
         count_keys = [k for k in window[0][1] if k.endswith("code_counts")]
         counts = {k: torch.stack([w[1][k] for w in window]).sum(0) for k in count_keys}
         elapsed = time.perf_counter() - t_window

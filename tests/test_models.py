@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from openlam.config import from_dict
+from openlam.errors import ConfigError
+from openlam.models.config import DecoderConfig, EncoderConfig, LAMConfig, QuantizerConfig
+from openlam.models.decoders import Decoder
+from openlam.models.encoders import PixelSTEncoder
+from openlam.models.lam import LatentActionModel
+from openlam.models.quantizers import build_quantizer
+
+
+def tiny(**kw) -> LAMConfig:
+    base = {"image_size": 32, "encoder": {"dim": 32, "layers": 1, "heads": 4, "patch": 8},
+            "quantizer": {"kind": "vq", "codebook_size": 8, "code_dim": 8}, "decoder": {"dim": 32, "layers": 1, "heads": 4}}
+    for k, v in kw.items():
+        if isinstance(v, dict):
+            base[k] = base.get(k, {}) | v
+        else:
+            base[k] = v
+    return from_dict(LAMConfig, base)
+
+
+@pytest.mark.parametrize("kind", ["vq", "ema_vq", "nsvq", "fsq"])
+def test_quantizer_codes_round_trip(kind):
+    torch.manual_seed(0)
+    q = build_quantizer(16, QuantizerConfig(kind=kind, num_tokens=4, codebook_size=8, code_dim=8, fsq_levels=[3, 4, 2]))
+    out = q(torch.randn(64, 4, 16))
+    assert out.indices.shape == (64, 4) and out.z_q.shape == (64, 4, 16) and out.counts.sum() == 256
+    assert 0 <= out.indices.min() and out.indices.max() < q.codebook_size
+    q.eval()
+    x = torch.randn(32, 4, 16)
+    ev = q(x)  # eval: z_q is exactly the code's embedding -> stored codes replay exactly
+    torch.testing.assert_close(q.embed_indices(ev.indices), ev.z_q)
+
+
+def test_vq_gradients_and_losses():
+    torch.manual_seed(0)
+    q = build_quantizer(16, QuantizerConfig(kind="vq", codebook_size=8, code_dim=8, beta=0.25))
+    out = q(torch.randn(32, 4, 16))
+    (out.z_q.sum() + out.loss).backward()
+    assert q.proj_in.weight.grad.abs().sum() > 0  # straight-through reaches the encoder side
+    used = out.counts > 0
+    assert (q.codebook.grad[used].abs().sum(1) > 0).all() and (q.codebook.grad[~used] == 0).all()
+
+
+def test_nsvq_substitutes_noise_of_the_error_norm():
+    torch.manual_seed(0)
+    cfg = QuantizerConfig(kind="nsvq", codebook_size=8, code_dim=16)
+    q = build_quantizer(16, cfg)
+    with torch.no_grad():  # identity projections, so the output is the substituted code
+        for lin in (q.proj_in, q.proj_out):
+            lin.weight.copy_(torch.eye(16))
+            lin.bias.zero_()
+    x = torch.randn(64, 4, 16)
+    out = q(x)
+    idx = out.indices
+    err = (x - q.codebook[idx]).norm(dim=-1)
+    torch.testing.assert_close((out.z_q - x).norm(dim=-1), err, rtol=1e-4, atol=1e-5)
+    out.z_q.pow(2).sum().backward()
+    assert q.codebook.grad[out.counts > 0].abs().sum() > 0  # codebook learns through the norm
+    q.eval()
+    torch.testing.assert_close(q(x).z_q, q.codebook[q(x).indices])
+
+
+def test_ema_vq_codes_follow_assigned_means():
+    torch.manual_seed(0)
+    q = build_quantizer(4, QuantizerConfig(kind="ema_vq", codebook_size=4, code_dim=4, ema_decay=0.0))
+    with torch.no_grad():
+        q.proj_in.weight.copy_(torch.eye(4))
+        q.proj_in.bias.zero_()
+    x = torch.randn(200, 1, 4)
+    out = q(x)
+    for c in out.indices.unique():
+        sel = x.view(-1, 4)[out.indices.view(-1) == c]
+        torch.testing.assert_close(q.codebook[c], sel.mean(0), rtol=1e-4, atol=1e-4)
+    assert not q.codebook.requires_grad
+
+
+def test_dead_code_restart_revives_unused_codes():
+    torch.manual_seed(0)
+    q = build_quantizer(8, QuantizerConfig(kind="vq", codebook_size=16, code_dim=8, restart_threshold=0.5, usage_decay=0.0))
+    q.train()
+    with torch.no_grad():
+        q.codebook[4:] += 100.0  # far away: never chosen
+    x = torch.randn(128, 2, 8)
+    q(x)
+    before = q.codebook.detach().clone()
+    n = int(q.restart_dead_codes())
+    assert n >= 12
+    moved = (q.codebook - before).norm(dim=1) > 1
+    assert moved[4:].all()
+    assert q(x).counts[4:].sum() > 0  # restarted codes now win assignments
+
+
+def test_fsq_uses_every_code():
+    q = build_quantizer(8, QuantizerConfig(kind="fsq", fsq_levels=[3, 4, 2]))
+    assert q.codebook_size == 24
+    with torch.no_grad():  # feed the 3 code dims directly
+        q.proj_in.weight.zero_()
+        q.proj_in.weight[:, :3] = torch.eye(3)
+        q.proj_in.bias.zero_()
+    out = q(torch.rand(4000, 1, 8) * 6 - 3)
+    assert sorted(out.indices.unique().tolist()) == list(range(24))
+
+
+def test_temporal_attention_is_causal():
+    torch.manual_seed(0)
+    enc = PixelSTEncoder(tiny())
+    a = torch.rand(2, 2, 3, 32, 32) * 2 - 1
+    b = a.clone()
+    b[:, 1] = torch.rand(2, 3, 32, 32) * 2 - 1  # change only the future frame
+
+    def run(x):
+        h = enc.embed(x) + enc.time
+        for blk in enc.blocks:
+            h = blk(h)
+        return h
+
+    ha, hb = run(a), run(b)
+    torch.testing.assert_close(ha[:, 0], hb[:, 0])  # frame t never sees frame t+H
+    assert (ha[:, 1] - hb[:, 1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["cross_attn", "in_context", "additive"])
+def test_decoders_use_the_action_and_stop_grad(kind):
+    torch.manual_seed(0)
+    for stop in (True, False):
+        dec = Decoder(DecoderConfig(kind=kind, dim=32, layers=1, heads=4, stop_grad_context=stop), 32, 32, 4, 16, 12)
+        ctx = torch.randn(2, 16, 32, requires_grad=True)
+        z1, z2 = torch.randn(2, 4, 32), torch.randn(2, 4, 32)
+        y1 = dec(ctx, z1)
+        assert y1.shape == (2, 16, 12)
+        assert (y1 - dec(ctx, z2)).abs().max() > 1e-3  # the action changes the prediction
+        y1.sum().backward()
+        assert (ctx.grad is None) == stop
+
+
+def test_every_component_combination_trains_a_step():
+    for enc in ("difference", "queries"):
+        for qk in ("vq", "ema_vq", "nsvq", "fsq"):
+            for dk in ("cross_attn", "in_context", "additive"):
+                m = LatentActionModel(tiny(encoder={"readout": enc}, quantizer={"kind": qk, "fsq_levels": [2, 2, 2]}, decoder={"kind": dk}))
+                x = torch.rand(2, 2, 3, 32, 32) * 2 - 1
+                out = m(x)
+                ((out.pred - out.target).pow(2).mean() + out.quant.loss).backward()
+                assert out.pred.shape == (2, 3, 32, 32)
+                assert m.decode(x[:, 0], out.quant.indices).shape == (2, 3, 32, 32)
+
+
+def test_residual_prediction_starts_at_copy_last():
+    m = LatentActionModel(tiny(predict_residual=True))
+    x = torch.rand(3, 2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(m(x).pred, x[:, 0])
+
+
+def test_save_load_is_strict_and_exact(tmp_path):
+    torch.manual_seed(0)
+    m = LatentActionModel(tiny()).eval()
+    x = torch.rand(2, 2, 3, 32, 32) * 2 - 1
+    m.save_pretrained(tmp_path / "m")
+    m2 = LatentActionModel.from_pretrained(tmp_path / "m").eval()
+    torch.testing.assert_close(m2(x).pred, m(x).pred, rtol=0, atol=0)
+    meta = json.loads((tmp_path / "m/config.json").read_text())
+    meta["model"]["encoder"]["dim"] = 64
+    (tmp_path / "m/config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="architecture_sha does not match"):
+        LatentActionModel.from_pretrained(tmp_path / "m")
+    from safetensors.torch import load_file, save_file
+
+    m.save_pretrained(tmp_path / "n")
+    w = load_file(str(tmp_path / "n/model.safetensors"))
+    w.pop("decoder.head.bias")
+    w["extra.weight"] = torch.zeros(1)
+    save_file(w, str(tmp_path / "n/model.safetensors"))
+    with pytest.raises(ConfigError, match=r"missing \['decoder\.head\.bias'\], unexpected \['extra\.weight'\]"):
+        LatentActionModel.from_pretrained(tmp_path / "n")
+
+
+def test_backbone_encoder_frozen_self_contained(tmp_path):
+    torch.manual_seed(0)
+    bb = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 8}
+    cfg = tiny(target="features", encoder={"kind": "backbone", "readout": "queries", "backbone_image_size": 32, "backbone_config": bb},
+               decoder={"kind": "in_context"})
+    m = LatentActionModel(cfg)
+    assert all(not p.requires_grad for p in m.encoder.backbone.parameters())
+    m.train()
+    assert not m.encoder.backbone.training
+    x = torch.rand(2, 2, 3, 32, 32) * 2 - 1
+    out = m(x)
+    assert out.pred.shape == out.target.shape == (2, 16, 32)
+    (out.pred - out.target).pow(2).mean().backward()
+    assert m.encoder.proj.weight.grad is not None
+    # a local transformers directory as the backbone source
+    m.encoder.backbone.save_pretrained(tmp_path / "dino")
+    cfg2 = tiny(target="features", encoder={"kind": "backbone", "readout": "queries", "backbone_image_size": 32,
+                                            "backbone_path": str(tmp_path / "dino")}, decoder={"kind": "in_context"})
+    m2 = LatentActionModel(cfg2)
+    torch.testing.assert_close(m2.encoder.features(x), m.encoder.features(x))
+    m.eval().save_pretrained(tmp_path / "lam")
+    m3 = LatentActionModel.from_pretrained(tmp_path / "lam").eval()  # no backbone source needed
+    torch.testing.assert_close(m3(x).pred, m(x).pred)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"model.image_size \(30\) must be a multiple of model.encoder.patch \(8\)"):
+        LAMConfig(image_size=30).validate()
+    with pytest.raises(ConfigError, match="model.target=features needs model.encoder.kind=backbone"):
+        from_dict(LAMConfig, {"target": "features"})
+    with pytest.raises(ConfigError, match=r"'quantizer.kind': 'pq' is not allowed; choose one of \['vq', 'ema_vq', 'nsvq', 'fsq'\]"):
+        from_dict(LAMConfig, {"quantizer": {"kind": "pq"}})
+    with pytest.raises(ConfigError, match=r"model.decoder.dim \(30\) must be divisible by model.decoder.heads \(8\)"):
+        from_dict(LAMConfig, {"decoder": {"dim": 30}})
+    assert EncoderConfig().readout == "difference"

@@ -1,0 +1,178 @@
+"""The training engine: learning, artifacts, exact resume after a kill, DDP == single process,
+non-finite loss handling, config/shape errors before training, the collapse alarm."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from openlam.config import from_dict
+from openlam.data.lerobot_writer import write_lerobot
+from openlam.data.synthetic import moving_squares
+from openlam.errors import ConfigError, DataError
+from openlam.train.config import TrainConfig
+from openlam.train.trainer import NonFiniteLoss, train
+
+ENV = os.environ | {"OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory) -> Path:
+    return write_lerobot(tmp_path_factory.mktemp("sq") / "ds", moving_squares(episodes=10, length=30, size=32), fps=10.0)
+
+
+def cfg_dict(data: Path, out: Path, **kw) -> dict:
+    d = {
+        "model": {"image_size": 32, "encoder": {"dim": 32, "layers": 1, "heads": 4, "patch": 8},
+                  "quantizer": {"kind": "vq", "codebook_size": 8, "code_dim": 8, "restart_every": 0},
+                  "decoder": {"dim": 32, "layers": 1, "heads": 4}},
+        "data": {"dataset": str(data), "gap": {"seconds": None, "frames": 2}, "workers": 0},
+        "optim": {"lr": 3e-3, "warmup_steps": 5},
+        "steps": 40, "batch_size": 16, "log_every": 5, "preview_every": 20, "ckpt_every": 20, "eval_batches": 2,
+        "out": str(out), "deterministic": True,
+    }
+    for k, v in kw.items():
+        node = d
+        *path, last = k.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return d
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in metrics(out) if "loss" in r}
+
+
+def test_training_learns_and_writes_artifacts(squares, tmp_path):
+    out = tmp_path / "run"
+    r = train(from_dict(TrainConfig, cfg_dict(squares, out, steps=80, ema_decay=0.9)))
+    ls = losses(out)
+    assert sorted(ls) == list(range(1, 81))
+    first, last = np.mean([ls[s] for s in range(1, 11)]), np.mean([ls[s] for s in range(71, 81)])
+    assert last < 0.5 * first, (first, last)
+    for p in ("config.yaml", "inputs.json", "summary.json", "model/model.safetensors", "model_ema/config.json",
+              "previews/step_00000020.png", "previews/step_00000080.png", "checkpoints/step_00000080/state.pt"):
+        assert (out / p).exists(), p
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert r["eval"]["recon_mse"] > 0 and 1 <= r["eval"]["codes_used"] <= 8 and r["eval_split"] == "val"
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["encoder"]["dim"] == 32 and saved["steps"] == 80
+    assert len(list((out / "checkpoints").glob("step_*"))) == 3  # keep_last
+
+
+def _cli_train(cfg: dict, tmp: Path, *extra: str, nproc: int = 1) -> subprocess.Popen:
+    p = tmp / f"cfg_{time.monotonic_ns()}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    if nproc > 1:
+        cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", "-m", "openlam", "train", str(p), *extra]
+    else:
+        cmd = [sys.executable, "-m", "openlam", "train", str(p), *extra]
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_resume_after_kill_is_exact(squares, tmp_path):
+    ref_out, out = tmp_path / "ref", tmp_path / "killed"
+    kw = {"steps": 60, "ckpt_every": 10, "log_every": 1}
+    ref = _cli_train(cfg_dict(squares, ref_out, **kw, **{"model.quantizer.kind": "nsvq", "model.quantizer.restart_every": 7}), tmp_path)
+    assert ref.wait(300) == 0, ref.stdout.read()
+    proc = _cli_train(cfg_dict(squares, out, **kw, **{"model.quantizer.kind": "nsvq", "model.quantizer.restart_every": 7}), tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoints" / "step_00000020" / "meta.json").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert "step_00000060" not in done, "training finished before it could be killed"
+    res = _cli_train(cfg_dict(squares, out, **kw, **{"model.quantizer.kind": "nsvq", "model.quantizer.restart_every": 7}), tmp_path, "--resume")
+    assert res.wait(300) == 0, res.stdout.read()
+    assert losses(out) == losses(ref_out)  # the whole loss trajectory, bit for bit
+    a = load_file(str(ref_out / "checkpoints/step_00000060/model.safetensors"))
+    b = load_file(str(out / "checkpoints/step_00000060/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_two_processes_match_single_process(squares, tmp_path):
+    kw = {"steps": 12, "ckpt_every": 12, "log_every": 4, "batch_size": 16}
+    single = _cli_train(cfg_dict(squares, tmp_path / "one", **kw), tmp_path)
+    assert single.wait(300) == 0, single.stdout.read()
+    ddp = _cli_train(cfg_dict(squares, tmp_path / "two", **kw), tmp_path, nproc=2)
+    assert ddp.wait(300) == 0, ddp.stdout.read()
+    a = load_file(str(tmp_path / "one/checkpoints/step_00000012/model.safetensors"))
+    b = load_file(str(tmp_path / "two/checkpoints/step_00000012/model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    la, lb = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(la) == sorted(lb) and max(abs(la[s] - lb[s]) for s in la) < 1e-4
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(squares, tmp_path, monkeypatch):
+    import openlam.train.trainer as trainer
+
+    real = trainer.build_objective
+
+    def poisoned(cfgs):
+        obj = real(cfgs)
+        calls = {"n": 0}
+        fwd = obj.forward
+
+        def forward(model, batch):
+            calls["n"] += 1
+            loss, logs = fwd(model, batch)
+            if calls["n"] >= 13:
+                loss = loss * float("nan")
+                logs["loss"] = loss.detach()
+            return loss, logs
+
+        obj.forward = forward
+        return obj
+
+    monkeypatch.setattr(trainer, "build_objective", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 13; training stopped\. Last good checkpoint: .*step_00000010"):
+        train(from_dict(TrainConfig, cfg_dict(squares, out, steps=40, ckpt_every=10, log_every=5)))
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_00000010"]
+    w = load_file(str(out / "checkpoints/step_00000010/model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
+
+
+def test_errors_before_training(squares, tmp_path):
+    train(from_dict(TrainConfig, cfg_dict(squares, tmp_path / "e", steps=2, ckpt_every=2)))
+    cached = cfg_dict(squares, tmp_path / "a", **{"model.image_size": 64, "data.cache": str(tmp_path / "e" / "cache")})
+    cached["data"].pop("dataset")
+    with pytest.raises(ConfigError, match=r"frames are 32 px but model.image_size is 64"):
+        train(from_dict(TrainConfig, cached))
+    assert not (tmp_path / "a" / "checkpoints").exists()
+    with pytest.raises(DataError, match=r"cameras.*\['nope'\]"):
+        train(from_dict(TrainConfig, cfg_dict(squares, tmp_path / "b", **{"data.views": ["nope"]})))
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
+        from_dict(TrainConfig, cfg_dict(squares, tmp_path / "c", **{"optim.lrr": 1.0}))
+    with pytest.raises(ConfigError, match=r"objectives\[0\]\.kind: 'magic' is not known"):
+        train(from_dict(TrainConfig, cfg_dict(squares, tmp_path / "d", objectives=[{"kind": "magic"}])))
+    from openlam.errors import OpenLAMError
+
+    with pytest.raises(OpenLAMError, match="already has checkpoints; pass --resume"):
+        train(from_dict(TrainConfig, cfg_dict(squares, tmp_path / "e", steps=2, ckpt_every=2)))
+
+
+def test_collapse_alarm_warns_and_logs(squares, tmp_path):
+    out = tmp_path / "alarm"
+    with pytest.warns(UserWarning, match="codebook collapse alarm at step 5"):
+        train(from_dict(TrainConfig, cfg_dict(squares, out, steps=5, ckpt_every=5, **{"model.quantizer.collapse_threshold": 1.01})))
+    events = [r for r in metrics(out) if r.get("event") == "alarm/codebook_collapse"]
+    assert events and "codes in recent use" in events[0]["message"]
