@@ -6,20 +6,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import shutil
+
 from openlam.config import load_config
+from openlam.data.cache import CacheConfig, build_cache
 from openlam.train.config import TrainConfig
 from openlam.train.trainer import train
 
 
 def bench_quality(presets: list[str], data: str, out_root: str = "runs/quality") -> list[dict[str, Any]]:
+    """Decode `data` once into a shared cache (at each preset's image size), then train every preset."""
     rows = []
+    caches: dict[int, Path] = {}
     for preset in presets:
         name = Path(preset).stem
         out = Path(out_root) / name
-        cfg = load_config(TrainConfig, preset, [f"data.dataset={data}", f"out={out}"])
+        size = load_config(TrainConfig, preset, [f"data.dataset={data}"]).model.image_size
+        if size not in caches:
+            caches[size] = build_cache(data, Path(out_root) / f"cache_{size}", CacheConfig(size=size), overwrite=True)
+        cfg = load_config(TrainConfig, preset, ["data.dataset=null", f"data.cache={caches[size]}", f"out={out}"])
         if out.exists():
-            import shutil
-
             shutil.rmtree(out)
         r = train(cfg)
         e = r["eval"]

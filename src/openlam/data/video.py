@@ -148,8 +148,8 @@ def decode_range(
             s = c.streams.video[0]
             s.thread_type = "AUTO"
             tb = s.time_base
-            if start_s > 0:
-                c.seek(int(max(start_s - 1.0, 0) / tb), stream=s, backward=True, any_frame=False)
+            if start_s > 0:  # lands on the keyframe at or before the start (2 frames of slack)
+                c.seek(int(max(start_s - 2.0 / fps, 0) / tb), stream=s, backward=True, any_frame=False)
             for frame in c.decode(s):
                 if frame.pts is None:
                     continue
