@@ -97,6 +97,23 @@ def test_dead_code_restart_revives_unused_codes():
     assert q(x).counts[4:].sum() > 0  # restarted codes now win assignments
 
 
+def test_ema_vq_restart_survives_the_next_update():
+    torch.manual_seed(0)
+    q = build_quantizer(4, QuantizerConfig(kind="ema_vq", codebook_size=4, code_dim=4, ema_decay=0.99, usage_decay=0.0, restart_threshold=0.5))
+    with torch.no_grad():
+        q.proj_in.weight.copy_(torch.eye(4))
+        q.proj_in.bias.zero_()
+        q.cluster_size[0] = 1e-9  # a long-dead code
+        q.codebook[0] = 50.0
+    x = torch.randn(64, 1, 4)
+    q(x)
+    assert int(q.restart_dead_codes()) >= 1
+    moved = q.codebook[0].clone()
+    far = torch.full((64, 1, 4), 100.0)  # a batch nobody near code 0 would pick
+    q(far)
+    assert (q.codebook[0] - moved).norm() < 0.1 * moved.norm()  # not shrunk back toward 0
+
+
 def test_fsq_uses_every_code():
     q = build_quantizer(8, QuantizerConfig(kind="fsq", fsq_levels=[3, 4, 2]))
     assert q.codebook_size == 24

@@ -108,7 +108,9 @@ def test_resume_after_kill_is_exact(squares, tmp_path):
 
 
 def test_ddp_two_processes_match_single_process(squares, tmp_path):
-    kw = {"steps": 12, "ckpt_every": 12, "log_every": 4, "batch_size": 16}
+    """With NSVQ noise and dead-code restarts too: both must use the global batch's randomness."""
+    kw = {"steps": 12, "ckpt_every": 12, "log_every": 4, "batch_size": 16,
+          "model.quantizer.kind": "nsvq", "model.quantizer.restart_every": 4, "model.quantizer.restart_threshold": 0.5}
     single = _cli_train(cfg_dict(squares, tmp_path / "one", **kw), tmp_path)
     assert single.wait(300) == 0, single.stdout.read()
     ddp = _cli_train(cfg_dict(squares, tmp_path / "two", **kw), tmp_path, nproc=2)
@@ -121,7 +123,8 @@ def test_ddp_two_processes_match_single_process(squares, tmp_path):
     assert sorted(la) == sorted(lb) and max(abs(la[s] - lb[s]) for s in la) < 1e-4
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(squares, tmp_path, monkeypatch):
+@pytest.mark.parametrize("what", ["loss", "gradients"])
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(squares, tmp_path, monkeypatch, what):
     import openlam.train.trainer as trainer
 
     real = trainer.build_objective
@@ -135,8 +138,12 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(squares, tmp_path, 
             calls["n"] += 1
             loss, logs = fwd(model, batch)
             if calls["n"] >= 13:
-                loss = loss * float("nan")
-                logs["loss"] = loss.detach()
+                if what == "loss":
+                    loss = loss * float("nan")
+                    logs["loss"] = loss.detach()
+                else:  # finite value, NaN gradient: d/dp sqrt(|0 * p|)
+                    p = next(model.parameters())
+                    loss = loss + (p * 0).abs().sqrt().sum()
             return loss, logs
 
         obj.forward = forward
@@ -144,7 +151,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(squares, tmp_path, 
 
     monkeypatch.setattr(trainer, "build_objective", poisoned)
     out = tmp_path / "nan"
-    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 13; training stopped\. Last good checkpoint: .*step_00000010"):
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss or gradients at step 13; training stopped\. Last good checkpoint: .*step_00000010"):
         train(from_dict(TrainConfig, cfg_dict(squares, out, steps=40, ckpt_every=10, log_every=5)))
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_00000010"]
     w = load_file(str(out / "checkpoints/step_00000010/model.safetensors"))
@@ -176,3 +183,23 @@ def test_collapse_alarm_warns_and_logs(squares, tmp_path):
         train(from_dict(TrainConfig, cfg_dict(squares, out, steps=5, ckpt_every=5, **{"model.quantizer.collapse_threshold": 1.01})))
     events = [r for r in metrics(out) if r.get("event") == "alarm/codebook_collapse"]
     assert events and "codes in recent use" in events[0]["message"]
+
+
+def test_lr_warmup_then_cosine():
+    from openlam.train.trainer import lr_lambda
+
+    cfg = from_dict(TrainConfig, {"steps": 110, "optim": {"warmup_steps": 10, "min_lr_ratio": 0.1}})
+    f = lr_lambda(cfg)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(10, 110))
+
+
+def test_bf16_autocast_and_time_limit(squares, tmp_path):
+    r = train(from_dict(TrainConfig, cfg_dict(squares, tmp_path / "bf16", steps=30, precision="bf16", ckpt_every=30)))
+    ls = losses(tmp_path / "bf16")
+    assert np.mean([ls[s] for s in range(26, 31)]) < 0.7 * np.mean([ls[s] for s in range(1, 6)])
+    assert r["eval"]["recon_mse"] > 0
+    r = train(from_dict(TrainConfig, cfg_dict(squares, tmp_path / "tl", steps=100000, time_limit_s=0.5, log_every=1, ckpt_every=1000)))
+    assert r["stopped_by_time_limit"] and r["steps"] < 100000
+    assert (tmp_path / "tl" / "checkpoints" / f"step_{r['steps']:08d}" / "meta.json").is_file()

@@ -45,7 +45,11 @@ class Readout(nn.Module):
         B, T, N, D = x.shape
         if self.kind == "difference":  # LAPA: d = e2 - e1, pooled to K regions of the patch grid
             d = (x[:, 1] - x[:, 0]).transpose(1, 2).reshape(B, D, *self.grid)
-            pooled = F.adaptive_avg_pool2d(d, _grid(self.k))
+            (kh, kw), (gh, gw) = _grid(self.k), self.grid
+            if gh % kh == 0 and gw % kw == 0:  # exact regions: a reshape-mean, deterministic on GPU too
+                pooled = d.reshape(B, D, kh, gh // kh, kw, gw // kw).mean((3, 5))
+            else:
+                pooled = F.adaptive_avg_pool2d(d, (kh, kw))
             return self.norm(pooled.flatten(2).transpose(1, 2))
         q = self.queries.expand(B, -1, -1)
         ctx = x.reshape(B, T * N, D)

@@ -93,12 +93,18 @@ class LatentActionModel(nn.Module):
         feats = self.encoder.features(pair) if self.uses_backbone else None
         tokens, ctx = self.encoder(pair, feats) if self.uses_backbone else self.encoder(pair)
         space = self._target_space(pair, feats)
-        quant = self.quantizer(tokens)
+        quant = self._quantize(tokens)
         return LAMOutput(self._predict(ctx, quant.z_q, space[:, 0]), space[:, 1], quant)
+
+    def _quantize(self, tokens: torch.Tensor) -> QuantOut:
+        """Nearest-code search and codebook statistics in fp32, outside any autocast region
+        (bf16 would mis-assign close codes and miscount usage)."""
+        with torch.autocast(tokens.device.type, enabled=False):
+            return self.quantizer(tokens.float())
 
     def encode(self, o_t: torch.Tensor, o_tH: torch.Tensor) -> QuantOut:
         tokens, _ = self.encoder(torch.stack([o_t, o_tH], 1))
-        return self.quantizer(tokens)
+        return self._quantize(tokens)
 
     def decode(self, o_t: torch.Tensor, action: QuantOut | torch.Tensor) -> torch.Tensor:
         """Predict o_t+H from o_t and a latent action (a QuantOut, or codes (B, K) int64)."""

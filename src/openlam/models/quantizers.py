@@ -33,6 +33,16 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _global_randn_like(z: torch.Tensor) -> torch.Tensor:
+    """Noise for this rank's slice of the global batch: every rank draws the global tensor from the
+    same RNG state and keeps its rows, so N ranks use exactly the noise one process would."""
+    if not _distributed():
+        return torch.randn_like(z)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    full = torch.randn((world * z.shape[0], *z.shape[1:]), device=z.device, dtype=z.dtype)
+    return full[rank * z.shape[0] : (rank + 1) * z.shape[0]]
+
+
 class Quantizer(nn.Module, metaclass=abc.ABCMeta):
     def __init__(self, dim: int, cfg: QuantizerConfig, codebook_size: int, code_dim: int):
         super().__init__()
@@ -45,7 +55,9 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
         self._last_z: torch.Tensor | None = None
 
     def _track(self, indices: torch.Tensor) -> torch.Tensor:
-        counts = torch.bincount(indices.reshape(-1), minlength=self.codebook_size).to(self.usage.dtype)
+        flat = indices.reshape(-1)  # index_add_, unlike bincount, never syncs with the host on CUDA
+        counts = torch.zeros(self.codebook_size, device=flat.device, dtype=self.usage.dtype).index_add_(
+            0, flat, torch.ones_like(flat, dtype=self.usage.dtype))
         if self.training:
             if _distributed():  # usage over the global batch, identical on every rank
                 counts = counts.clone()
@@ -105,22 +117,19 @@ class _CodebookQuantizer(Quantizer):
         if self._last_z is None or self.cfg.restart_every <= 0:
             return torch.zeros((), device=self.usage.device)
         flat = self._last_z.reshape(-1, self.code_dim)
+        if _distributed():  # the global batch, in rank order: every rank (same RNG) picks the same seeds
+            parts = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, flat.contiguous())
+            flat = torch.cat(parts)
         dead = self.usage < self.cfg.restart_threshold / self.codebook_size
         pick = flat[torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)]
         fresh = pick + 0.01 * flat.std() * torch.randn_like(pick)
-        cb = self._codes()
-        new = torch.where(dead[:, None], fresh.to(cb.dtype), cb)
-        usage = torch.where(dead, torch.full_like(self.usage, 1.0 / self.codebook_size), self.usage)
-        if _distributed():
-            dist.broadcast(new, 0)
-            dist.broadcast(usage, 0)
-            dist.broadcast(dead, 0)
-        self._set_codes(new)
-        self.usage.copy_(usage)
+        self._set_codes(dead, fresh.to(self._codes().dtype))
+        self.usage.copy_(torch.where(dead, torch.full_like(self.usage, 1.0 / self.codebook_size), self.usage))
         return dead.sum()
 
-    def _set_codes(self, new: torch.Tensor) -> None:
-        self.codebook.data.copy_(new)
+    def _set_codes(self, dead: torch.Tensor, fresh: torch.Tensor) -> None:
+        self.codebook.data.copy_(torch.where(dead[:, None], fresh, self.codebook.data))
 
 
 class VQ(_CodebookQuantizer):
@@ -168,9 +177,11 @@ class EMAVQ(_CodebookQuantizer):
         z_st = z + (q - z).detach()
         return QuantOut(self.proj_out(z_st), idx, z, loss, self._track(idx))
 
-    def _set_codes(self, new: torch.Tensor) -> None:
-        self.codebook.data.copy_(new)
-        self.embed_sum.copy_(new * self.cluster_size[:, None])
+    def _set_codes(self, dead: torch.Tensor, fresh: torch.Tensor) -> None:
+        # a restarted code gets a unit cluster so the next EMA update keeps it where it was put
+        self.cluster_size.copy_(torch.where(dead, torch.ones_like(self.cluster_size), self.cluster_size))
+        self.embed_sum.copy_(torch.where(dead[:, None], fresh * self.cluster_size[:, None], self.embed_sum))
+        self.codebook.data.copy_(torch.where(dead[:, None], fresh, self.codebook.data))
 
 
 class NSVQ(_CodebookQuantizer):
@@ -184,7 +195,7 @@ class NSVQ(_CodebookQuantizer):
         if self.training:
             q = self._codes()[idx]  # differentiable w.r.t. the codebook
             err = (z - q).norm(dim=-1, keepdim=True)
-            noise = torch.randn_like(z)
+            noise = _global_randn_like(z)
             out = z + err * noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             self._last_z = z.detach()
         else:

@@ -33,6 +33,12 @@ def save(out: Path, step: int, model_state: dict[str, torch.Tensor], ema_state: 
         save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()}, str(tmp / "ema.safetensors"))
     torch.save(train_state, tmp / "state.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step}))
+    for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    for stale in root.glob(".step_*.tmp-*"):  # left by killed runs
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

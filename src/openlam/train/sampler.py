@@ -18,12 +18,15 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.n, self.B, self.steps, self.seed = n, global_batch, steps, seed
         self.start, self.rank, self.world = start_step, rank, world
         self.per_epoch = n // global_batch
+        self._perm: tuple[int, torch.Tensor] | None = None
 
     def batch(self, step: int) -> list[int]:
         """Virtual indices (epoch * n + i) of this rank's share of global batch `step`."""
         epoch, j = divmod(step, self.per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.n, generator=g)[j * self.B : (j + 1) * self.B]
+        if self._perm is None or self._perm[0] != epoch:  # one permutation per epoch, not per step
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n, generator=g))
+        perm = self._perm[1][j * self.B : (j + 1) * self.B]
         per = self.B // self.world
         mine = perm[self.rank * per : (self.rank + 1) * per]
         return (mine + epoch * self.n).tolist()

@@ -10,6 +10,7 @@ where the non-finite-loss check and the codebook-collapse alarm run too.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -100,14 +101,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
 
 def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: torch.device, out: Path) -> dict[str, Any]:
+    if not resume and checkpoint.latest(out) is not None:  # checked on every rank: no rank waits alone
+        raise OpenLAMError(f"{out}: already has checkpoints; pass --resume to continue it, or choose another out")
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
-        if not resume and checkpoint.latest(out) is not None:
-            raise OpenLAMError(f"{out}: already has checkpoints; pass --resume to continue it, or choose another out")
     if resume and checkpoint.latest(out) is None:
         raise OpenLAMError(f"{out}: --resume given but there is no checkpoint in {checkpoint.ckpt_dir(out)}")
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
         torch.use_deterministic_algorithms(True)
     cache = resolve_cache(cfg, out, info.main)
     train_ds = PairDataset(cache, cfg.data.train_split, cfg.data.views, cfg.data.gap, seed=cfg.seed)
@@ -133,7 +135,7 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    start = 0
+    start, resumed_time = 0, 0.0
     if resume:
         path = checkpoint.latest(out)
         assert path is not None
@@ -147,6 +149,7 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
         opt.load_state_dict(tstate["optimizer"])
         sched.load_state_dict(tstate["scheduler"])
         torch.set_rng_state(tstate["rng_cpu"])
+        resumed_time = float(tstate.get("train_time_s", 0.0))
         if device.type == "cuda" and "rng_cuda" in tstate:
             torch.cuda.set_rng_state(tstate["rng_cuda"])
     net: torch.nn.Module = model
@@ -169,7 +172,7 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     bad = torch.zeros((), dtype=torch.bool, device=device)
     restarted = torch.zeros((), device=device)  # dead codes re-seeded since the last flush
     window: list[tuple[int, dict[str, torch.Tensor], float]] = []
-    t_window, train_time, last_step = time.perf_counter(), 0.0, start
+    t_window, train_time, last_step, paused = time.perf_counter(), resumed_time, start, 0.0
 
     def write_checkpoint(step: int) -> None:
         if info.main:
@@ -178,24 +181,27 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
                 state["rng_cuda"] = torch.cuda.get_rng_state()
             if ema is not None:
                 state["ema_n"] = int(ema.n_averaged.item())
+            state["train_time_s"] = train_time  # the time budget spans resumes
             checkpoint.save(out, step, model.state_dict(), ema.module.state_dict() if ema is not None else None, state, cfg.keep_last)
         distributed.barrier()
 
     def flush(step: int) -> bool:
         """Fetch the window's logs (one sync), check for non-finite loss, log, alarm. Returns stop?"""
-        nonlocal t_window, train_time, window, restarted
-        if bad.item():
+        nonlocal t_window, train_time, window, restarted, paused
+        if distributed.all_reduce_sum(bad.float()).item() > 0:  # every rank stops together
             losses = torch.stack([w[1]["loss"] for w in window]).float().cpu().numpy()
-            first = window[int(np.argmax(~np.isfinite(losses)))][0] if (~np.isfinite(losses)).any() else window[0][0]
+            norms = torch.stack([w[1]["grad_norm"] for w in window]).float().cpu().numpy()
+            first = window[int(np.argmax(~np.isfinite(losses) | ~np.isfinite(norms)))][0]
             last = checkpoint.latest(out)
-            raise NonFiniteLoss(f"non-finite loss at step {first}; training stopped. Last good checkpoint: "
+            raise NonFiniteLoss(f"non-finite loss or gradients at step {first}; training stopped. Last good checkpoint: "
                                 f"{last if last else 'none (no checkpoint was written yet)'}; lower optim.lr or check the data")
         keys = [k for k in window[0][1] if not k.endswith("code_counts")]
         vals = torch.stack([torch.stack([w[1][k].float() for k in keys]) for w in window])
         vals = (distributed.all_reduce_sum(vals) / info.world).cpu().numpy()  # logs describe the global batch
         count_keys = [k for k in window[0][1] if k.endswith("code_counts")]
         counts = {k: torch.stack([w[1][k] for w in window]).sum(0) for k in count_keys}
-        elapsed = time.perf_counter() - t_window
+        elapsed = time.perf_counter() - t_window - paused  # previews/evals do not count as training
+        paused = 0.0
         train_time += elapsed
         sps = len(window) * cfg.batch_size / max(elapsed, 1e-9)
         rows = [{"step": s, "lr": lr, **{k: float(v) for k, v in zip(keys, row)}} for (s, _, lr), row in zip(window, vals)]
@@ -232,8 +238,8 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
         with amp:
             loss, logs = objective(net, batch)
         loss.backward()
-        if cfg.optim.grad_clip > 0:
-            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        # the norm is always computed: a finite loss with non-finite gradients must also stop training
+        logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
         opt.step()
         lr = sched.get_last_lr()[0]
         sched.step()
@@ -242,16 +248,18 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
             ema.update_parameters(model)
         if restart_every > 0 and (step + 1) % restart_every == 0:
             restarted += model.quantizer.restart_dead_codes()
-        bad |= ~torch.isfinite(loss.detach())
+        bad |= ~torch.isfinite(loss.detach()) | ~torch.isfinite(logs["grad_norm"])
         window.append((step + 1, logs, lr))
         last_step = step + 1
         stop = False
         if last_step % cfg.log_every == 0 or last_step == cfg.steps:
             stop = flush(last_step)
+        t_side = time.perf_counter()
         if info.main and cfg.preview_every and last_step % cfg.preview_every == 0:
             atomic_write_bytes(out / "previews" / f"step_{last_step:08d}.png", preview_png(model, preview_batch, device))
         if info.main and cfg.eval_every and last_step % cfg.eval_every == 0:
             log.scalars(last_step, {f"eval/{k}": float(v) for k, v in reconstruction_eval(model, eval_batches, device).items()})
+        paused += time.perf_counter() - t_side
         if last_step % cfg.ckpt_every == 0 or last_step == cfg.steps or stop:
             if window:
                 stop = flush(last_step) or stop
