@@ -85,9 +85,10 @@ def test_dead_code_restart_revives_unused_codes():
     torch.manual_seed(0)
     q = build_quantizer(8, QuantizerConfig(kind="vq", codebook_size=16, code_dim=8, restart_threshold=0.5, usage_decay=0.0))
     q.train()
+    x = torch.randn(128, 2, 8)
+    q(x)  # first batch initialises the codebook from the data
     with torch.no_grad():
         q.codebook[4:] += 100.0  # far away: never chosen
-    x = torch.randn(128, 2, 8)
     q(x)
     before = q.codebook.detach().clone()
     n = int(q.restart_dead_codes())
@@ -103,15 +104,37 @@ def test_ema_vq_restart_survives_the_next_update():
     with torch.no_grad():
         q.proj_in.weight.copy_(torch.eye(4))
         q.proj_in.bias.zero_()
-        q.cluster_size[0] = 1e-9  # a long-dead code
-        q.codebook[0] = 50.0
     x = torch.randn(64, 1, 4)
+    q(x)  # data init
+    with torch.no_grad():
+        q.cluster_size[0] = 1e-9  # a long-dead code
+        q.embed_sum[0] = 50.0 * 1e-9
+        q.codebook[0] = 50.0
     q(x)
     assert int(q.restart_dead_codes()) >= 1
     moved = q.codebook[0].clone()
     far = torch.full((64, 1, 4), 100.0)  # a batch nobody near code 0 would pick
     q(far)
     assert (q.codebook[0] - moved).norm() < 0.1 * moved.norm()  # not shrunk back toward 0
+
+
+def test_codebook_starts_from_data_not_collapsed():
+    torch.manual_seed(0)
+    for kind in ("vq", "ema_vq", "nsvq"):
+        q = build_quantizer(32, QuantizerConfig(kind=kind, codebook_size=16, code_dim=8))
+        with torch.no_grad():  # encoder outputs at a very different scale than a random codebook
+            q.proj_in.weight.mul_(0.01)
+        out = q(torch.randn(256, 4, 32))
+        assert (out.counts > 0).sum() >= 12, (kind, out.counts)
+        assert bool(q.initialized)
+        state = q.state_dict()
+        q2 = build_quantizer(32, QuantizerConfig(kind=kind, codebook_size=16, code_dim=8))
+        q2.load_state_dict(state)
+        before = q2.codebook.detach().clone()
+        q2.train()
+        q2(torch.randn(8, 4, 32))
+        if kind == "vq":  # a loaded, initialised codebook is not re-initialised
+            torch.testing.assert_close(q2.codebook.detach(), before)
 
 
 def test_fsq_uses_every_code():

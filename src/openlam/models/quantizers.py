@@ -33,6 +33,16 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _gather(flat: torch.Tensor) -> torch.Tensor:
+    """Rows of the global batch, in rank order; every rank then draws the same random picks (same
+    RNG), so data-dependent codebook updates are identical across ranks and equal one process's."""
+    if not _distributed():
+        return flat
+    parts = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, flat.contiguous())
+    return torch.cat(parts)
+
+
 def _global_randn_like(z: torch.Tensor) -> torch.Tensor:
     """Noise for this rank's slice of the global batch: every rank draws the global tensor from the
     same RNG state and keeps its rows, so N ranks use exactly the noise one process would."""
@@ -98,6 +108,29 @@ class _CodebookQuantizer(Quantizer):
     def __init__(self, dim: int, cfg: QuantizerConfig):
         super().__init__(dim, cfg, cfg.codebook_size, cfg.code_dim)
         self.codebook = nn.Parameter(torch.randn(cfg.codebook_size, cfg.code_dim) / math.sqrt(cfg.code_dim))
+        # codes are (re)initialised from the first training batch: with a random codebook at a
+        # different scale than the encoder's first outputs, every input picks the same code and
+        # the bottleneck collapses before training starts
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._init_checked = False
+
+    def _data_init(self, z: torch.Tensor) -> None:
+        if self._init_checked:
+            return
+        if not bool(self.initialized):  # one host sync, on the first training step only
+            with torch.no_grad():
+                flat = _gather(z.detach().reshape(-1, self.code_dim))
+                pick = flat[torch.randperm(flat.shape[0], device=flat.device)[: self.codebook_size]]
+                if pick.shape[0] < self.codebook_size:  # fewer rows than codes: reuse rows with noise
+                    pick = pick[torch.randint(0, pick.shape[0], (self.codebook_size,), device=flat.device)]
+                fresh = pick + 0.01 * flat.std() * torch.randn_like(pick)
+                self._set_codes(torch.ones(self.codebook_size, dtype=torch.bool, device=flat.device), fresh.to(self._codes().dtype))
+                self.initialized.fill_(True)
+        self._init_checked = True
+
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._init_checked = False  # re-read the loaded flag
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _codes(self) -> torch.Tensor:
         return self.codebook
@@ -116,11 +149,7 @@ class _CodebookQuantizer(Quantizer):
     def restart_dead_codes(self) -> torch.Tensor:
         if self._last_z is None or self.cfg.restart_every <= 0:
             return torch.zeros((), device=self.usage.device)
-        flat = self._last_z.reshape(-1, self.code_dim)
-        if _distributed():  # the global batch, in rank order: every rank (same RNG) picks the same seeds
-            parts = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
-            dist.all_gather(parts, flat.contiguous())
-            flat = torch.cat(parts)
+        flat = _gather(self._last_z.reshape(-1, self.code_dim))
         dead = self.usage < self.cfg.restart_threshold / self.codebook_size
         pick = flat[torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)]
         fresh = pick + 0.01 * flat.std() * torch.randn_like(pick)
@@ -137,6 +166,8 @@ class VQ(_CodebookQuantizer):
 
     def forward(self, x: torch.Tensor) -> QuantOut:
         z = self.proj_in(x)
+        if self.training:
+            self._data_init(z)
         idx, q = self.nearest(z)
         loss = F.mse_loss(q, z.detach()) + self.cfg.beta * F.mse_loss(z, q.detach())
         z_st = z + (q - z).detach()
@@ -157,6 +188,8 @@ class EMAVQ(_CodebookQuantizer):
 
     def forward(self, x: torch.Tensor) -> QuantOut:
         z = self.proj_in(x)
+        if self.training:
+            self._data_init(z)
         idx, q = self.nearest(z)
         if self.training:
             with torch.no_grad():
@@ -191,6 +224,8 @@ class NSVQ(_CodebookQuantizer):
 
     def forward(self, x: torch.Tensor) -> QuantOut:
         z = self.proj_in(x)
+        if self.training:
+            self._data_init(z)
         idx, q = self.nearest(z)
         if self.training:
             q = self._codes()[idx]  # differentiable w.r.t. the codebook

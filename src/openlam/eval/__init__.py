@@ -1,0 +1,1 @@
+"""Action-centricity evaluation: how much latent actions tell about the real actions."""
