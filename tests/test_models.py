@@ -156,10 +156,7 @@ def test_temporal_attention_is_causal():
     b[:, 1] = torch.rand(2, 3, 32, 32) * 2 - 1  # change only the future frame
 
     def run(x):
-        h = enc.embed(x) + enc.time
-        for blk in enc.blocks:
-            h = blk(h)
-        return h
+        return enc.trunk.hidden(enc.embed(x))
 
     ha, hb = run(a), run(b)
     torch.testing.assert_close(ha[:, 0], hb[:, 0])  # frame t never sees frame t+H

@@ -58,6 +58,32 @@ class Readout(nn.Module):
         return self.norm(q)
 
 
+class STTrunk(nn.Module):
+    """What both encoders share: position + time embeddings, spatio-temporal blocks, final norm and
+    the action readout, applied to per-frame patch tokens (B, 2, N, D)."""
+
+    def __init__(self, cfg: LAMConfig, grid: tuple[int, int]):
+        super().__init__()
+        e = cfg.encoder
+        self.pos = nn.Parameter(torch.randn(1, 1, grid[0] * grid[1], e.dim) * 0.02)
+        self.time = nn.Parameter(torch.randn(1, 2, 1, e.dim) * 0.02)
+        self.blocks = nn.ModuleList([STBlock(e.dim, e.heads, e.mlp_ratio) for _ in range(e.layers)])
+        # with the difference readout a bias would cancel exactly in e2 - e1 (a parameter with no
+        # gradient but float noise, which Adam amplifies), so it has none
+        self.norm = nn.LayerNorm(e.dim, bias=e.readout != "difference")
+        self.readout = Readout(e, cfg.quantizer.num_tokens, grid)
+
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (with position embedding) -> per-frame hidden states after the ST blocks."""
+        x = tokens + self.time
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.readout(self.norm(self.hidden(tokens)))
+
+
 class PixelSTEncoder(nn.Module):
     """LAPA/Genie C-ViViT-style encoder: patch embedding, spatial + causal temporal attention."""
 
@@ -68,20 +94,14 @@ class PixelSTEncoder(nn.Module):
         g = cfg.image_size // e.patch
         self.grid = (g, g)
         self.patch_embed = nn.Conv2d(3, e.dim, e.patch, e.patch)
-        self.pos = nn.Parameter(torch.randn(1, 1, g * g, e.dim) * 0.02)
-        self.time = nn.Parameter(torch.randn(1, 2, 1, e.dim) * 0.02)
-        self.blocks = nn.ModuleList([STBlock(e.dim, e.heads, e.mlp_ratio) for _ in range(e.layers)])
-        # with the difference readout a bias would cancel exactly in e2 - e1 (a parameter with no
-        # gradient but float noise, which Adam amplifies), so it has none
-        self.norm = nn.LayerNorm(e.dim, bias=e.readout != "difference")
-        self.readout = Readout(e, cfg.quantizer.num_tokens, self.grid)
+        self.trunk = STTrunk(cfg, self.grid)
         self.context_dim = e.dim
 
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, S, S) in [-1, 1] -> (B, T, N, D) patch tokens with position embedding."""
         B, T = frames.shape[:2]
         x = self.patch_embed(frames.flatten(0, 1)).flatten(2).transpose(1, 2)
-        return x.view(B, T, -1, x.shape[-1]) + self.pos
+        return x.view(B, T, -1, x.shape[-1]) + self.trunk.pos
 
     def context(self, o_t: torch.Tensor) -> torch.Tensor:
         return self.embed(o_t[:, None])[:, 0]
@@ -89,11 +109,7 @@ class PixelSTEncoder(nn.Module):
     def forward(self, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pair: (B, 2, 3, S, S). Returns (action tokens (B, K, D), context tokens of o_t (B, N, D))."""
         tokens = self.embed(pair)
-        ctx = tokens[:, 0]
-        x = tokens + self.time
-        for blk in self.blocks:
-            x = blk(x)
-        return self.readout(self.norm(x)), ctx
+        return self.trunk(tokens), tokens[:, 0]
 
 
 def load_backbone(cfg: EncoderConfig) -> nn.Module:
@@ -144,13 +160,7 @@ class BackboneEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
         self.proj = nn.Linear(self.feat_dim, e.dim)
-        self.pos = nn.Parameter(torch.randn(1, 1, g * g, e.dim) * 0.02)
-        self.time = nn.Parameter(torch.randn(1, 2, 1, e.dim) * 0.02)
-        self.blocks = nn.ModuleList([STBlock(e.dim, e.heads, e.mlp_ratio) for _ in range(e.layers)])
-        # with the difference readout a bias would cancel exactly in e2 - e1 (a parameter with no
-        # gradient but float noise, which Adam amplifies), so it has none
-        self.norm = nn.LayerNorm(e.dim, bias=e.readout != "difference")
-        self.readout = Readout(e, cfg.quantizer.num_tokens, self.grid)
+        self.trunk = STTrunk(cfg, self.grid)
         self.context_dim = e.dim
 
     def train(self, mode: bool = True) -> BackboneEncoder:
@@ -169,7 +179,7 @@ class BackboneEncoder(nn.Module):
         return h.reshape(B, T, h.shape[1], h.shape[2])
 
     def embed(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.proj(feats) + self.pos
+        return self.proj(feats) + self.trunk.pos
 
     def context(self, o_t: torch.Tensor) -> torch.Tensor:
         return self.embed(self.features(o_t[:, None]))[:, 0]
@@ -177,10 +187,7 @@ class BackboneEncoder(nn.Module):
     def forward(self, pair: torch.Tensor, feats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(pair) if feats is None else feats
         tokens = self.embed(feats)
-        x = tokens + self.time
-        for blk in self.blocks:
-            x = blk(x)
-        return self.readout(self.norm(x)), tokens[:, 0]
+        return self.trunk(tokens), tokens[:, 0]
 
 
 def build_encoder(cfg: LAMConfig) -> nn.Module:

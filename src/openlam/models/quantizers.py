@@ -135,6 +135,14 @@ class _CodebookQuantizer(Quantizer):
     def _codes(self) -> torch.Tensor:
         return self.codebook
 
+    def _assign(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project, (first training batch: initialise codes from the data), find nearest codes."""
+        z = self.proj_in(x)
+        if self.training:
+            self._data_init(z)
+        idx, q = self.nearest(z)
+        return z, idx, q
+
     def embed_indices(self, idx: torch.Tensor) -> torch.Tensor:
         return self.proj_out(self._codes()[idx])
 
@@ -165,10 +173,7 @@ class VQ(_CodebookQuantizer):
     """Classic VQ-VAE: straight-through estimator, codebook + beta * commitment loss."""
 
     def forward(self, x: torch.Tensor) -> QuantOut:
-        z = self.proj_in(x)
-        if self.training:
-            self._data_init(z)
-        idx, q = self.nearest(z)
+        z, idx, q = self._assign(x)
         loss = F.mse_loss(q, z.detach()) + self.cfg.beta * F.mse_loss(z, q.detach())
         z_st = z + (q - z).detach()
         if self.training:
@@ -187,10 +192,7 @@ class EMAVQ(_CodebookQuantizer):
         self.register_buffer("embed_sum", self.codebook.detach().clone())
 
     def forward(self, x: torch.Tensor) -> QuantOut:
-        z = self.proj_in(x)
-        if self.training:
-            self._data_init(z)
-        idx, q = self.nearest(z)
+        z, idx, q = self._assign(x)
         if self.training:
             with torch.no_grad():
                 onehot = F.one_hot(idx.reshape(-1), self.codebook_size).to(z.dtype)
@@ -223,10 +225,7 @@ class NSVQ(_CodebookQuantizer):
     the encoder and (through the norm) the codebook without a straight-through estimator."""
 
     def forward(self, x: torch.Tensor) -> QuantOut:
-        z = self.proj_in(x)
-        if self.training:
-            self._data_init(z)
-        idx, q = self.nearest(z)
+        z, idx, q = self._assign(x)
         if self.training:
             q = self._codes()[idx]  # differentiable w.r.t. the codebook
             err = (z - q).norm(dim=-1, keepdim=True)
