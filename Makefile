@@ -30,7 +30,7 @@ demo: setup
 	$(OPENLAM) summary $(DEMO)/data --out $(DEMO)
 	rm -rf $(DEMO)/lapa_tiny
 	$(OPENLAM) train configs/lapa_tiny.yaml data.dataset=$(DEMO)/data out=$(DEMO)/lapa_tiny \
-		steps=300 time_limit_s=240 preview_every=100 ckpt_every=100
+		steps=600 time_limit_s=240 preview_every=200 ckpt_every=200
 	@echo "demo outputs: $(DEMO)/contact_sheet.png $(DEMO)/summary.md $(DEMO)/lapa_tiny/previews/ $(DEMO)/lapa_tiny/summary.json"
 
 clean:
