@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from openlam.data.pairs import PairBatch
 from openlam.models.lam import LatentActionModel
@@ -74,7 +74,13 @@ def preview_png(model: LatentActionModel, batch: PairBatch, device: torch.device
         cols = [o_t, o_th, e.mul(255).byte().repeat(1, 3, 1, 1).permute(0, 2, 3, 1).cpu().numpy()]
     grid = np.concatenate([np.concatenate(list(c), 0) for c in cols], 1)
     scale = max(1, 128 // x.shape[-1])
-    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    body = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    titles = ["o_t", "true o_t+H", "predicted", "|error|"] if model.cfg.target == "pixels" else ["o_t", "o_t+H", "feature error"]
+    img = Image.new("RGB", (body.width, body.height + 16), (255, 255, 255))
+    img.paste(body, (0, 16))
+    draw = ImageDraw.Draw(img)
+    for j, title in enumerate(titles):
+        draw.text((j * body.width // len(titles) + 4, 2), title, fill=(0, 0, 0))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
