@@ -253,3 +253,23 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"model.decoder.dim \(30\) must be divisible by model.decoder.heads \(8\)"):
         from_dict(LAMConfig, {"decoder": {"dim": 30}})
     assert EncoderConfig().readout == "difference"
+
+
+def test_backbone_from_safetensors_file_is_strict(tmp_path):
+    from safetensors.torch import save_file
+
+    bb = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 8}
+    cfg = tiny(target="features", encoder={"kind": "backbone", "readout": "queries", "backbone_image_size": 32, "backbone_config": bb},
+               decoder={"kind": "in_context"})
+    m = LatentActionModel(cfg)
+    state = {f"dinov2.{k}": v.contiguous() for k, v in m.encoder.backbone.state_dict().items()}
+    state["classifier.weight"] = torch.zeros(3, 64)  # a classification head is allowed and ignored
+    save_file(state, str(tmp_path / "dino.safetensors"))
+    cfg2 = tiny(target="features", encoder={"kind": "backbone", "readout": "queries", "backbone_image_size": 32, "backbone_config": bb,
+                                            "backbone_path": str(tmp_path / "dino.safetensors")}, decoder={"kind": "in_context"})
+    x = torch.rand(2, 2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(LatentActionModel(cfg2).encoder.features(x), m.encoder.features(x))
+    state.pop("dinov2.layernorm.weight")
+    save_file(state, str(tmp_path / "dino.safetensors"))
+    with pytest.raises(ConfigError, match=r"dino\.safetensors: weights do not fit the model: missing \['layernorm\.weight'\]"):
+        LatentActionModel(cfg2)

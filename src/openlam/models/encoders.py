@@ -18,6 +18,7 @@ from torch import nn
 from openlam.errors import ConfigError
 from openlam.models.blocks import Block, STBlock
 from openlam.models.config import EncoderConfig, LAMConfig
+from openlam.models.weights import load_strict
 
 
 def _grid(k: int) -> tuple[int, int]:
@@ -132,11 +133,10 @@ def load_backbone(cfg: EncoderConfig) -> nn.Module:
         from safetensors.torch import load_file
 
         model = Dinov2Model(Dinov2Config(**({"image_size": cfg.backbone_image_size} | cfg.backbone_config)))
-        state = {k.removeprefix("dinov2."): v for k, v in load_file(str(p)).items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        unexpected = [k for k in unexpected if not k.startswith(("head", "classifier", "mask_token"))]
-        if missing or unexpected:
-            raise ConfigError(f"{p}: backbone weights do not match the Dinov2Config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        # a classification checkpoint's head is not part of the backbone; everything else must fit
+        state = {k.removeprefix("dinov2."): v for k, v in load_file(str(p)).items() if not k.startswith(("head", "classifier"))}
+        state.setdefault("embeddings.mask_token", model.embeddings.mask_token.detach())  # pretraining-only, unused here
+        load_strict(model, state, p)
         return model
     raise ConfigError(f"{p}: model.encoder.backbone_path: expected a transformers model dir or a .safetensors file")
 

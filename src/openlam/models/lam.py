@@ -29,6 +29,7 @@ from openlam.models.config import LAMConfig
 from openlam.models.decoders import Decoder
 from openlam.models.encoders import BackboneEncoder, build_encoder
 from openlam.models.quantizers import QuantOut, build_quantizer
+from openlam.models.weights import load_strict
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -155,17 +156,6 @@ class LatentActionModel(nn.Module):
             raise ConfigError(f"{cfg_path}: architecture_sha does not match the model built from its config (edited config or weights?)")
         load_strict(model, load_file(str(w_path), device=str(map_location)), w_path)
         return model.to(map_location)
-
-
-def load_strict(model: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
-    """load_state_dict(strict=True) with an error that lists missing, unexpected and mis-shaped keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise ConfigError(f"{where}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
-    model.load_state_dict(state, strict=True)
 
 
 def _arch_hash(arch: dict[str, list[int]]) -> str:

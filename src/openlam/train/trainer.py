@@ -24,7 +24,8 @@ from openlam.config import dump_config
 from openlam.data.cache import CacheConfig, FrameCache, build_cache
 from openlam.data.pairs import PairBatch, PairDataset
 from openlam.errors import ConfigError, OpenLAMError
-from openlam.models.lam import LatentActionModel, load_strict
+from openlam.models.lam import LatentActionModel
+from openlam.models.weights import load_strict
 from openlam.objectives import build_objective
 from openlam.train import checkpoint, distributed
 from openlam.train.config import TrainConfig
