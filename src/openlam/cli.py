@@ -95,6 +95,16 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(a: argparse.Namespace) -> int:
+    from openlam.config import load_config
+    from openlam.label import LabelConfig, label
+
+    cfg = load_config(LabelConfig, a.config, a.overrides)
+    r = label(a.model, a.dataset, a.out, cfg)
+    print(f"labelled {r['labelled_pairs_this_run']} pairs in {r['seconds']:.1f} s ({r['pairs_per_s']:.0f} pairs/s) -> {r['out']}")
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from openlam.bench.report import record
 
@@ -110,6 +120,25 @@ def cmd_bench(a: argparse.Namespace) -> int:
         name = f"bench train {Path(a.config).stem}"
         notes = "target: >= 75% of the measured fp32 matmul peak on 2 CPU cores; >= 40% MFU (bf16) on a GPU at LAPA full size"
         print(record(name, r, notes, path=a.out))
+        return 0
+    if a.what == "label":
+        import tempfile
+
+        from openlam.label import LabelConfig, label
+
+        if not a.config or not a.dataset:
+            raise OpenLAMError("bench label needs a model/run folder and --dataset: openlam bench label runs/demo/lapa_tiny --dataset runs/demo/data")
+        with tempfile.TemporaryDirectory() as tmp:
+            from openlam.data.cache import CacheConfig, build_cache
+            from openlam.label import resolve_model
+
+            mdir, gap = resolve_model(a.config)
+            size = json.loads((mdir / "config.json").read_text())["model"]["image_size"]
+            build_cache(a.dataset, Path(tmp) / "out" / "cache", CacheConfig(size=size))  # decoding is not labelling: cache first
+            r = label(a.config, a.dataset, Path(tmp) / "out", LabelConfig(gap=gap))
+        res = {"model": a.config, "dataset": a.dataset, "pairs labelled (all views)": r["labelled_pairs_this_run"],
+               "seconds": r["seconds"], "pairs/s": r["pairs_per_s"]}
+        print(record("bench label", res, "encoder only, batch 256, from the decoded frame cache", path=a.out))
         return 0
     if a.what == "quality":
         from openlam.bench.quality import bench_quality, to_markdown
@@ -189,9 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. optim.lr=1e-4 steps=2000")
     t.set_defaults(fn=cmd_train)
 
+    lb = sub.add_parser("label", help="label every (t, t+H) of a dataset with a trained LAM (resumable; torchrun)")
+    lb.add_argument("model", help="a run folder (model/ + config.yaml) or a model folder")
+    lb.add_argument("dataset")
+    lb.add_argument("--out", required=True)
+    lb.add_argument("--config", help="YAML LabelConfig")
+    lb.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. gap.frames=8 shard_episodes=4")
+    lb.set_defaults(fn=cmd_label)
+
     b = sub.add_parser("bench", help="throughput benchmarks, written to docs/benchmarks.md")
-    b.add_argument("what", choices=["data", "generate", "train", "quality"])
-    b.add_argument("config", nargs="?", help="(train) TrainConfig YAML")
+    b.add_argument("what", choices=["data", "generate", "train", "quality", "label"])
+    b.add_argument("config", nargs="?", help="(train) TrainConfig YAML; (label) run or model folder")
     b.add_argument("--steps", type=int, default=10, help="(train) timed steps")
     b.add_argument("--dataset", help="(data) dataset to benchmark on, default synthetic; (quality) default runs/mw/data")
     b.add_argument("--batch-size", type=int, default=64)

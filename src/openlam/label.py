@@ -1,0 +1,162 @@
+"""`openlam label MODEL DATASET --out DIR`: the encoder as an inverse-dynamics model over every
+(t, t+H) of every episode and view.
+
+Output: DIR/labels.json (model and dataset fingerprints, gap, views, code layout) and
+DIR/shards/shard-XXXXX.parquet, one per block of episodes, each written atomically with rows
+(episode, frame, view, gap, tokens[K], z_cont[K*code_dim]). A killed run resumes where it stopped:
+finished shards are kept, the others are redone; under torchrun shard s goes to rank s % world.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from openlam.artifacts import atomic_write_json, fingerprint_files
+from openlam.config import load_config, to_dict
+from openlam.data.cache import CacheConfig, FrameCache, build_cache
+from openlam.data.pairs import GapConfig
+from openlam.data.source import open_dataset
+from openlam.errors import ConfigError, OpenLAMError
+from openlam.models.lam import LatentActionModel, normalize
+from openlam.train import distributed
+
+
+@dataclass
+class LabelConfig:
+    gap: GapConfig | None = None  # None: the gap the model was trained with (from its run folder)
+    views: list[str] | None = None  # None: every camera
+    batch_size: int = 256
+    shard_episodes: int = 8
+    device: str = "auto"
+
+
+def resolve_model(path: str | Path) -> tuple[Path, GapConfig | None]:
+    """A run folder (model/ + config.yaml: the training gap comes along) or a model folder."""
+    p = Path(path)
+    if (p / "model" / "model.safetensors").is_file():
+        gap = None
+        if (p / "config.yaml").is_file():
+            from openlam.train.config import TrainConfig
+
+            gap = load_config(TrainConfig, p / "config.yaml").data.gap
+        return p / "model", gap
+    if (p / "model.safetensors").is_file():
+        return p, None
+    raise ConfigError(f"{p}: expected a run folder (with model/) or a model folder (with model.safetensors)")
+
+
+def label(model_path: str | Path, dataset: str | Path, out: str | Path, cfg: LabelConfig) -> dict[str, Any]:
+    info, device = distributed.init(cfg.device)
+    try:
+        return _label(model_path, dataset, Path(out), cfg, info, device)
+    finally:
+        distributed.shutdown()
+
+
+def _label(model_path, dataset, out: Path, cfg: LabelConfig, info, device) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    mdir, run_gap = resolve_model(model_path)
+    gap = cfg.gap or run_gap
+    if gap is None:
+        raise ConfigError("label: no gap given and none found with the model; pass gap.seconds=... or gap.frames=...")
+    gap.validate()
+    model = LatentActionModel.from_pretrained(mdir, map_location=device).eval()
+    cache_dir = out / "cache"
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (cache_dir / "cache.json").is_file():
+            build_cache(open_dataset(dataset), cache_dir, CacheConfig(size=model.cfg.image_size, cameras=cfg.views))
+    distributed.barrier()
+    cache = FrameCache(cache_dir)
+    views = cfg.views or cache.cameras
+    n_eps = len(cache.episodes)
+    shards = (n_eps + cfg.shard_episodes - 1) // cfg.shard_episodes
+    meta = {
+        "model": str(mdir.resolve()), "model_fingerprint": fingerprint_files([mdir / "model.safetensors"]),
+        "dataset": cache.meta["source"], "dataset_fingerprint": cache.meta["source_fingerprint"],
+        "gap": gap.describe(), "views": views, "num_tokens": model.cfg.quantizer.num_tokens,
+        "codebook_size": model.cfg.codebook_size, "code_dim": model.quantizer.code_dim,
+        "shard_episodes": cfg.shard_episodes, "shards": shards, "episodes": n_eps,
+    }
+    meta_path = out / "labels.json"
+    if meta_path.is_file():
+        old = {k: v for k, v in json.loads(meta_path.read_text()).items() if k != "complete"}
+        if old != meta:
+            diff = sorted(k for k in meta if old.get(k) != meta[k])
+            raise OpenLAMError(f"{meta_path}: a labelling with different settings is there ({diff}); use another --out")
+    elif info.main:
+        atomic_write_json(meta_path, meta | {"complete": False})
+    distributed.barrier()
+    t0, frames = time.perf_counter(), 0
+    for s in range(info.rank, shards, info.world):
+        path = out / "shards" / f"shard-{s:05d}.parquet"
+        if path.is_file():
+            continue  # finished before a kill: written atomically, so complete
+        table = _label_shard(model, cache, range(s * cfg.shard_episodes, min(n_eps, (s + 1) * cfg.shard_episodes)),
+                             views, gap, cfg.batch_size, device)
+        frames += table.num_rows
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    elapsed = time.perf_counter() - t0
+    distributed.barrier()
+    if info.main:
+        done = all((out / "shards" / f"shard-{s:05d}.parquet").is_file() for s in range(shards))
+        atomic_write_json(meta_path, meta | {"complete": done})
+    return {"out": str(out), "shards": shards, "labelled_pairs_this_run": frames, "seconds": elapsed,
+            "pairs_per_s": frames / elapsed if elapsed > 0 else 0.0, "config": to_dict(cfg)}
+
+
+@torch.no_grad()
+def _label_shard(model: LatentActionModel, cache: FrameCache, episodes: range, views: list[str], gap: GapConfig,
+                 batch: int, device: torch.device) -> pa.Table:
+    cols: dict[str, list[Any]] = {"episode": [], "frame": [], "view": [], "gap": [], "tokens": [], "z_cont": []}
+    for e in episodes:
+        ep = cache.episodes[e]
+        H = gap.frame_range(ep["fps"])[0]  # labelling uses one fixed gap (the range's lower end)
+        T = ep["length"]
+        ts = np.arange(max(0, T - H))
+        for v in views:
+            frames = cache.frames(v)
+            for i in range(0, len(ts), batch):
+                t = ts[i : i + batch]
+                g0 = ep["start"] + t
+                pair = torch.from_numpy(np.stack([frames[g0], frames[g0 + H]], 1)).permute(0, 1, 4, 2, 3)
+                x = normalize(pair.to(device))
+                q = model.encode(x[:, 0], x[:, 1])
+                cols["episode"].append(np.full(len(t), e, np.int64))
+                cols["frame"].append(t.astype(np.int64))
+                cols["view"] += [v] * len(t)
+                cols["gap"].append(np.full(len(t), H, np.int32))
+                cols["tokens"].append(q.indices.cpu().numpy().astype(np.int32))
+                cols["z_cont"].append(q.z_cont.float().flatten(1).cpu().numpy())
+    if not cols["episode"]:
+        return pa.table({"episode": pa.array([], pa.int64())})
+    tok = np.concatenate(cols["tokens"])
+    z = np.concatenate(cols["z_cont"])
+    return pa.table({
+        "episode": np.concatenate(cols["episode"]), "frame": np.concatenate(cols["frame"]),
+        "view": pa.array(cols["view"], pa.string()), "gap": np.concatenate(cols["gap"]),
+        "tokens": pa.FixedSizeListArray.from_arrays(pa.array(tok.reshape(-1)), tok.shape[1]),
+        "z_cont": pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1)), z.shape[1]),
+    })
+
+
+def load_labels(out: str | Path) -> tuple[dict[str, Any], pa.Table]:
+    """labels.json and all shards, in episode order. Errors if the labelling is incomplete."""
+    out = Path(out)
+    meta = json.loads((out / "labels.json").read_text())
+    if not meta.get("complete"):
+        raise OpenLAMError(f"{out}/labels.json: labelling incomplete; run `openlam label` again with the same --out to finish it")
+    tables = [pq.read_table(out / "shards" / f"shard-{s:05d}.parquet") for s in range(meta["shards"])]
+    return meta, pa.concat_tables([t for t in tables if t.num_rows])

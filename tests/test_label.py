@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from openlam.config import from_dict
+from openlam.data.cache import FrameCache
+from openlam.data.lerobot_writer import write_lerobot
+from openlam.data.synthetic import moving_squares
+from openlam.errors import OpenLAMError
+from openlam.label import LabelConfig, label, load_labels
+from openlam.models.config import LAMConfig
+from openlam.models.lam import LatentActionModel, normalize
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    ds = write_lerobot(root / "ds", moving_squares(episodes=7, length=20, size=32), fps=10.0)
+    torch.manual_seed(0)
+    cfg = from_dict(LAMConfig, {"image_size": 32, "encoder": {"dim": 32, "layers": 1, "heads": 4, "patch": 8},
+                                "quantizer": {"kind": "vq", "codebook_size": 8, "code_dim": 4}, "decoder": {"dim": 32, "layers": 1, "heads": 4}})
+    model = LatentActionModel(cfg).eval()
+    model.save_pretrained(root / "model")
+    return root, ds, model
+
+
+def cfg(**kw) -> LabelConfig:
+    return from_dict(LabelConfig, {"gap": {"seconds": None, "frames": 3}, "shard_episodes": 2, "batch_size": 16} | kw)
+
+
+def test_labels_every_pair_once_and_match_the_encoder(setup, tmp_path):
+    root, ds, model = setup
+    label(root / "model", ds, tmp_path / "out", cfg())
+    meta, t = load_labels(tmp_path / "out")
+    assert meta["shards"] == 4 and meta["gap"] == {"frames": 3} and meta["num_tokens"] == 4 and meta["code_dim"] == 4
+    keys = list(zip(t["episode"].to_pylist(), t["frame"].to_pylist(), t["view"].to_pylist()))
+    assert len(keys) == len(set(keys)) == 7 * 2 * (20 - 3)  # no duplicates, no gaps
+    cache = FrameCache(tmp_path / "out" / "cache")
+    e, f, v = keys[40]
+    g0 = cache.episodes[e]["start"] + f
+    fr = cache.frames(v)
+    x = normalize(torch.from_numpy(np.stack([fr[g0], fr[g0 + 3]])[None]).permute(0, 1, 4, 2, 3))
+    with torch.no_grad():
+        q = model.encode(x[:, 0], x[:, 1])
+    tokens = np.array(t["tokens"].to_pylist())
+    assert tokens[40].tolist() == q.indices[0].tolist()
+    np.testing.assert_allclose(np.array(t["z_cont"][40].as_py()), q.z_cont[0].flatten().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_crash_then_resume_has_no_duplicates_and_no_gaps(setup, tmp_path, monkeypatch):
+    root, ds, _ = setup
+    label(root / "model", ds, tmp_path / "ref", cfg())
+    _, ref = load_labels(tmp_path / "ref")
+
+    import openlam.label as lab
+
+    real, calls = lab._label_shard, {"n": 0}
+
+    def crashing(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(lab, "_label_shard", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        label(root / "model", ds, tmp_path / "out", cfg())
+    (tmp_path / "out" / "shards" / ".shard-00002.parquet.tmp-999").write_bytes(b"half a file")  # a write cut short
+    with pytest.raises(OpenLAMError, match="labelling incomplete"):
+        load_labels(tmp_path / "out")
+    monkeypatch.setattr(lab, "_label_shard", real)
+    r = label(root / "model", ds, tmp_path / "out", cfg())
+    assert r["labelled_pairs_this_run"] == 3 * 2 * 17  # only episodes 4..6 (shards 2 and 3) were redone
+    _, got = load_labels(tmp_path / "out")
+    assert got.to_pydict() == ref.to_pydict()
+    with pytest.raises(OpenLAMError, match="different settings"):
+        label(root / "model", ds, tmp_path / "out", cfg(shard_episodes=3))
+
+
+def test_torchrun_two_processes_give_the_same_labels(setup, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, ds, _ = setup
+    label(root / "model", ds, tmp_path / "one", cfg())
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "openlam", "label",
+           str(root / "model"), str(ds), "--out", str(tmp_path / "two"), "gap.seconds=null", "gap.frames=3", "shard_episodes=2",
+           "batch_size=16"]
+    p = subprocess.run(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert load_labels(tmp_path / "two")[1].to_pydict() == load_labels(tmp_path / "one")[1].to_pydict()
