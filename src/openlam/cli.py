@@ -52,7 +52,7 @@ def cmd_cache(a: argparse.Namespace) -> int:
     from openlam.data.source import open_dataset
 
     cfg = load_config(CacheConfig, None, _flags_to_overrides({"size": a.size, "crop": a.crop, "cameras": a.cameras, "workers": a.workers}) + a.overrides)
-    src = open_dataset(a.dataset, **({"fps": a.fps} if a.fps else {}))
+    src = open_dataset(a.dataset, fps=a.fps)
     out = build_cache(src, a.out, cfg, overwrite=a.overwrite)
     print(f"wrote cache {out} ({len(src)} episodes, cameras {cfg.cameras or src.cameras}, {cfg.size} px)")
     return 0
@@ -122,23 +122,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
         print(record(name, r, notes, path=a.out))
         return 0
     if a.what == "label":
-        import tempfile
-
-        from openlam.label import LabelConfig, label
+        from openlam.bench.label import bench_label
 
         if not a.config or not a.dataset:
             raise OpenLAMError("bench label needs a model/run folder and --dataset: openlam bench label runs/demo/lapa_tiny --dataset runs/demo/data")
-        with tempfile.TemporaryDirectory() as tmp:
-            from openlam.data.cache import CacheConfig, build_cache
-            from openlam.label import resolve_model
-
-            mdir, gap = resolve_model(a.config)
-            size = json.loads((mdir / "config.json").read_text())["model"]["image_size"]
-            build_cache(a.dataset, Path(tmp) / "out" / "cache", CacheConfig(size=size))  # decoding is not labelling: cache first
-            r = label(a.config, a.dataset, Path(tmp) / "out", LabelConfig(gap=gap))
-        res = {"model": a.config, "dataset": a.dataset, "pairs labelled (all views)": r["labelled_pairs_this_run"],
-               "seconds": r["seconds"], "pairs/s": r["pairs_per_s"]}
-        print(record("bench label", res, "encoder only, batch 256, from the decoded frame cache", path=a.out))
+        print(record("bench label", bench_label(a.config, a.dataset), "encoder only, batch 256, from the decoded frame cache", path=a.out))
         return 0
     if a.what == "quality":
         from openlam.bench.quality import bench_quality, to_markdown

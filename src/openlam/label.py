@@ -37,6 +37,7 @@ class LabelConfig:
     views: list[str] | None = None  # None: every camera
     batch_size: int = 256
     shard_episodes: int = 8
+    fps: float | None = None  # for image-sequence folders
     device: str = "auto"
 
 
@@ -74,7 +75,7 @@ def _label(model_path, dataset, out: Path, cfg: LabelConfig, info, device) -> di
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
         if not (cache_dir / "cache.json").is_file():
-            build_cache(open_dataset(dataset), cache_dir, CacheConfig(size=model.cfg.image_size, cameras=cfg.views))
+            build_cache(open_dataset(dataset, fps=cfg.fps), cache_dir, CacheConfig(size=model.cfg.image_size, cameras=cfg.views))
     distributed.barrier()
     cache = FrameCache(cache_dir)
     views = cfg.views or cache.cameras

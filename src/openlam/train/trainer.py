@@ -50,7 +50,7 @@ def resolve_cache(cfg: TrainConfig, out: Path, main: bool) -> FrameCache:
     if main and not (path / "cache.json").is_file():
         from openlam.data.source import open_dataset
 
-        src = open_dataset(cfg.data.dataset, **({"fps": cfg.data.fps} if cfg.data.fps else {}))
+        src = open_dataset(cfg.data.dataset, fps=cfg.data.fps)
         build_cache(src, path, CacheConfig(size=cfg.model.image_size, cameras=cfg.data.views, workers=cfg.data.workers))
     distributed.barrier()
     return FrameCache(path)
