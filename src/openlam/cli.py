@@ -105,6 +105,36 @@ def cmd_label(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(a: argparse.Namespace) -> int:
+    from openlam.config import load_config
+    from openlam.eval.suite import EvalConfig, evaluate
+
+    cfg = load_config(EvalConfig, a.config, a.overrides)
+    if a.align:
+        cfg.align = a.align
+    r = evaluate(a.run, a.dataset, a.out, cfg)
+    print(f"evaluated {r['codebook']['num_pairs']} labelled pairs in {r['seconds']['total']:.0f} s -> {r['out']}/metrics.json, {r['out']}/plots/")
+    from openlam.eval.report import compare_table
+
+    compare_table([Path(r["out"])])
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from openlam.eval.report import write_report
+
+    md = write_report([Path(r) for r in a.runs], Path(a.out))
+    print(f"report: {md} and {md.with_suffix('.html')}")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from openlam.eval.report import compare_table
+
+    compare_table([Path(r) for r in a.runs])
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from openlam.bench.report import record
 
@@ -213,6 +243,24 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--config", help="YAML LabelConfig")
     lb.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. gap.frames=8 shard_episodes=4")
     lb.set_defaults(fn=cmd_label)
+
+    ev = sub.add_parser("eval", help="label a dataset with a run's LAM and measure how action-centric its latents are")
+    ev.add_argument("run", help="a run folder (model/ + config.yaml) or a model folder")
+    ev.add_argument("--dataset", help="default: the run's own frame cache (same splits as training)")
+    ev.add_argument("--out", help="default: RUN/eval")
+    ev.add_argument("--align", type=_csv, help="more datasets for cross-dataset CKA alignment (comma-separated)")
+    ev.add_argument("--config", help="YAML EvalConfig")
+    ev.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. n_boot=200 transfer_pairs=0")
+    ev.set_defaults(fn=cmd_eval)
+
+    rp = sub.add_parser("report", help="report.md + report.html comparing evaluated runs side by side")
+    rp.add_argument("runs", nargs="+", help="run folders (with eval/metrics.json) or eval folders")
+    rp.add_argument("--out", required=True)
+    rp.set_defaults(fn=cmd_report)
+
+    cp = sub.add_parser("compare", help="print the evaluation metrics of runs as a table")
+    cp.add_argument("runs", nargs="+", help="run folders (with eval/metrics.json) or eval folders")
+    cp.set_defaults(fn=cmd_compare)
 
     b = sub.add_parser("bench", help="throughput benchmarks, written to docs/benchmarks.md")
     b.add_argument("what", choices=["data", "generate", "train", "quality", "label"])

@@ -26,7 +26,7 @@ from openlam.config import load_config, to_dict
 from openlam.data.cache import CacheConfig, FrameCache, build_cache
 from openlam.data.pairs import GapConfig
 from openlam.data.source import open_dataset
-from openlam.errors import ConfigError, OpenLAMError
+from openlam.errors import ConfigError, DataError, OpenLAMError
 from openlam.models.lam import LatentActionModel, normalize
 from openlam.train import distributed
 
@@ -71,19 +71,26 @@ def _label(model_path, dataset, out: Path, cfg: LabelConfig, info, device) -> di
         raise ConfigError("label: no gap given and none found with the model; pass gap.seconds=... or gap.frames=...")
     gap.validate()
     model = LatentActionModel.from_pretrained(mdir, map_location=device).eval()
-    cache_dir = out / "cache"
+    # a frame cache (e.g. a training run's <run>/cache) is used as is: no second decode
+    given_cache = (Path(dataset) / "cache.json").is_file()
+    cache_dir = Path(dataset) if given_cache else out / "cache"
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
-        if not (cache_dir / "cache.json").is_file():
+        if not given_cache and not (cache_dir / "cache.json").is_file():
             build_cache(open_dataset(dataset, fps=cfg.fps), cache_dir, CacheConfig(size=model.cfg.image_size, cameras=cfg.views))
     distributed.barrier()
     cache = FrameCache(cache_dir)
+    if model.cfg.encoder.kind == "pixel" and cache.size != model.cfg.image_size:
+        raise DataError(cache_dir / "cache.json", "config.size", f"{model.cfg.image_size} (the model's image_size)", str(cache.size))
     views = cfg.views or cache.cameras
+    missing = [v for v in views if v not in cache.cameras]
+    if missing:
+        raise DataError(cache_dir / "cache.json", "cameras", f"the requested views {views}", f"{cache.cameras} (missing {missing})")
     n_eps = len(cache.episodes)
     shards = (n_eps + cfg.shard_episodes - 1) // cfg.shard_episodes
     meta = {
         "model": str(mdir.resolve()), "model_fingerprint": fingerprint_files([mdir / "model.safetensors"]),
-        "dataset": cache.meta["source"], "dataset_fingerprint": cache.meta["source_fingerprint"],
+        "dataset": cache.meta["source"], "dataset_fingerprint": cache.meta["source_fingerprint"], "cache": str(cache_dir.resolve()),
         "gap": gap.describe(), "views": views, "num_tokens": model.cfg.quantizer.num_tokens,
         "codebook_size": model.cfg.codebook_size, "code_dim": model.quantizer.code_dim,
         "shard_episodes": cfg.shard_episodes, "shards": shards, "episodes": n_eps,

@@ -1,0 +1,136 @@
+"""Figures of one evaluation (written by `openlam eval`) and bar charts with CIs across runs (used by
+`openlam report`). matplotlib with the Agg backend: no display needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from openlam.artifacts import atomic_write_bytes
+from openlam.data.cache import FrameCache
+from openlam.eval.table import EvalTable
+
+
+def _plt():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def usage_plot(codebook: dict[str, Any], path: Path) -> None:
+    """Per token position: how often each code is used (all labelled pairs), and per view."""
+    plt = _plt()
+    c = np.asarray(codebook["counts"])
+    K, C = c.shape
+    views = sorted(codebook["per_view"])
+    fig, axes = plt.subplots(2, K, figsize=(2.6 * K, 5), squeeze=False)
+    for k in range(K):
+        ax = axes[0, k]
+        ax.bar(np.arange(C), c[k] / max(1, c[k].sum()), color="tab:blue")
+        ax.set_title(f"token {k}: {int((c[k] > 0).sum())}/{C} used, ppl {codebook['perplexity_per_position'][k]:.1f}", fontsize=8)
+        ax.set_xlabel("code", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+        h = np.array([np.asarray(codebook["per_view"][v])[k] for v in views], dtype=np.float64)
+        h = h / np.maximum(h.sum(1, keepdims=True), 1)
+        ax = axes[1, k]
+        ax.imshow(h, aspect="auto", vmin=0, vmax=1, cmap="viridis")
+        ax.set_yticks(range(len(views)), views, fontsize=7)
+        ax.set_xlabel("code (share per view)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].set_ylabel("share of pairs", fontsize=8)
+    fig.suptitle(f"codebook usage ({codebook['num_pairs']} pairs, {codebook['distinct_tuples']} distinct token tuples)", fontsize=9)
+    _save(fig, path)
+
+
+def code_examples(table: EvalTable, cache: FrameCache, path: Path, codes: int = 8, per_code: int = 6, seed: int = 0) -> None:
+    """For each of the most frequent token tuples, frame pairs (o_t | o_t+H, side by side) that
+    receive it, drawn from as many different episodes and views as there are."""
+    uniq, inv, cnt = np.unique(table.tokens, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    order = np.argsort(-cnt)[:codes]
+    rng = np.random.default_rng(seed)
+    S = cache.size
+    label_w, pad, sep = 150, 2, 14  # pad inside a pair, sep between examples
+    cell = 2 * S + pad
+    img = Image.new("RGB", (label_w + per_code * (cell + sep), len(order) * (S + sep) + sep), "white")
+    draw = ImageDraw.Draw(img)
+    starts = np.array([e["start"] for e in cache.episodes])
+    for row, u in enumerate(order):
+        rows = rng.permutation(np.nonzero(inv == u)[0])
+        picked, seen = [], set()
+        for r in rows:  # one per (episode, view) first, then fill
+            key = (table.episode[r], table.view[r])
+            if key not in seen:
+                seen.add(key)
+                picked.append(r)
+            if len(picked) == per_code:
+                break
+        picked += [r for r in rows if r not in picked][: per_code - len(picked)]
+        y = sep + row * (S + sep)
+        draw.text((4, y + 2), f"tokens {uniq[u].tolist()}", fill="black")
+        draw.text((4, y + 16), f"{cnt[u]} pairs", fill="gray")
+        for j, r in enumerate(picked):
+            g0 = starts[table.episode[r]] + table.frame[r]
+            fr = cache.frames(str(table.view[r]))
+            x = label_w + j * (cell + sep)
+            img.paste(Image.fromarray(np.asarray(fr[g0])), (x, y))
+            img.paste(Image.fromarray(np.asarray(fr[g0 + table.gap[r]])), (x + S + pad, y))
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def bars_with_ci(groups: list[str], series: dict[str, list[dict[str, Any] | None]], title: str, ylabel: str, path: Path,
+                 reference: dict[str, list[float | None]] | None = None) -> None:
+    """Grouped bars: one group per entry of `groups`, one bar per series (e.g. a run), each a
+    record with value / ci_low / ci_high (None: missing). `reference`: a dashed marker per group
+    and series (chance levels)."""
+    plt = _plt()
+    names = list(series)
+    w = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(groups) * max(1, len(names)) * 0.6 + 2), 3.4))
+    x = np.arange(len(groups))
+    for i, n in enumerate(names):
+        recs = series[n]
+        vals = np.array([r["value"] if r and r.get("value") is not None else np.nan for r in recs], dtype=np.float64)
+        lo = np.array([r.get("ci_low", np.nan) if r else np.nan for r in recs], dtype=np.float64)
+        hi = np.array([r.get("ci_high", np.nan) if r else np.nan for r in recs], dtype=np.float64)
+        err = np.stack([np.nan_to_num(vals - lo), np.nan_to_num(hi - vals)])
+        ax.bar(x + (i - (len(names) - 1) / 2) * w, vals, w, yerr=np.clip(err, 0, None), capsize=3, label=n)
+        if reference and n in reference:
+            for j, ref in enumerate(reference[n]):
+                if ref is not None:
+                    xc = x[j] + (i - (len(names) - 1) / 2) * w
+                    ax.plot([xc - w / 2, xc + w / 2], [ref, ref], "k--", lw=1)
+    ax.set_xticks(x, groups, fontsize=8, rotation=20, ha="right")
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.set_title(title, fontsize=10)
+    if len(names) > 1 or reference:
+        ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def eval_plots(result: dict[str, Any], table: EvalTable, cache: FrameCache, out: Path, example_codes: int, seed: int) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    usage_plot(result["codebook"], out / "usage.png")
+    code_examples(table, cache, out / "code_examples.png", codes=example_codes, seed=seed)
+    return [out / "usage.png", out / "code_examples.png"]

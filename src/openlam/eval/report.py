@@ -1,0 +1,213 @@
+"""`openlam report RUN... --out DIR` (report.md + report.html) and `openlam compare RUN...` (terminal
+table): evaluated runs side by side, every number with its 95% CI, bar charts with CIs across runs.
+
+Both read only eval/metrics.json (and the eval plots), so a report can be re-made without
+re-evaluating. One list of blocks renders to both Markdown and HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from openlam.artifacts import atomic_write_text
+from openlam.errors import OpenLAMError
+
+
+def load_metrics(path: Path) -> dict[str, Any]:
+    for p in (path / "eval" / "metrics.json", path / "metrics.json", path):
+        if p.is_file():
+            m = json.loads(p.read_text())
+            m["_dir"] = str(p.parent)
+            return m
+    raise OpenLAMError(f"{path}: no eval/metrics.json or metrics.json; run `openlam eval {path}` first")
+
+
+def run_names(paths: list[Path]) -> list[str]:
+    """Short unique names: the run folder's name, with its parent's when two collide."""
+    def base(p: Path) -> Path:
+        p = p.resolve()
+        return p.parent if p.name == "eval" or p.name == "metrics.json" else p
+
+    names = [base(p).name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{base(p).parent.name}/{base(p).name}" for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{n}#{i}" for i, n in enumerate(names)]
+    return names
+
+
+def key_rows(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Row label -> record (value, CI) for the numbers a comparison shows, in display order."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in m["records"]:
+        k = r["metric"]
+        if k == "probe_nmse":
+            rows[f"probe NMSE {r['estimator']} {r['features']} [{r['split']}] (lower better)"] = r
+        elif k == "mi":
+            rows[f"I(Z;A) {r['estimator']} [{r['split']}] nats"] = r
+            rows[f"I(Z;A) {r['estimator']} [{r['split']}] permutation null"] = {"value": r.get("null")}
+        elif k == "action_entropy_binned":
+            rows[f"H(A binned) [{r['split']}] nats (plug-in ceiling)"] = r
+        elif k == "viewpoint_probe_accuracy":
+            rows[f"viewpoint probe acc {r['features']} (chance {r['chance']:.2f})"] = r
+        elif k.startswith("crossview_") and r.get("views") == "mean":
+            rows[f"cross-view {k[len('crossview_'):].replace('_', ' ')} (mean over view pairs)"] = r
+        elif k.startswith("transfer") and r.get("value") is not None:
+            rows[k.replace("_", " ")] = r
+        elif k in ("cka", "cka_shuffled") and r.get("value") is not None:
+            rows[f"{k.replace('_', ' ')} {r['domain']}s {r['domains']} ({r['removed_dims']} dims stripped)"] = r
+    cb = m["codebook"]
+    rows["codebook usage (share of codes used)"] = {"value": cb["usage"]}
+    rows["codebook perplexity per token (mean)"] = {"value": sum(cb["perplexity_per_position"]) / len(cb["perplexity_per_position"])}
+    rows["distinct token tuples"] = {"value": cb["distinct_tuples"]}
+    return rows
+
+
+def fmt(r: dict[str, Any] | None) -> str:
+    if r is None or r.get("value") is None:
+        return "–"
+    v = r["value"]
+    s = f"{v:.3f}" if isinstance(v, float) else str(v)
+    if r.get("ci_low") is not None and r.get("ci_high") is not None:
+        s += f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+    return s
+
+
+def comparison(metrics: list[dict[str, Any]], names: list[str]) -> tuple[list[str], list[list[str]]]:
+    per = [key_rows(m) for m in metrics]
+    labels: list[str] = []
+    for p in per:
+        labels += [k for k in p if k not in labels]
+    return ["metric"] + names, [[lab] + [fmt(p.get(lab)) for p in per] for lab in labels]
+
+
+def compare_table(paths: list[Path]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    metrics = [load_metrics(p) for p in paths]
+    header, rows = comparison(metrics, run_names(paths))
+    t = Table(title="latent action evaluation (value [95% CI])", show_lines=False)
+    for h in header:
+        t.add_column(h, overflow="fold")
+    for r in rows:
+        t.add_row(*map(escape, r))
+    Console(width=max(120, 40 + 30 * len(paths))).print(t)
+
+
+def _series(metrics: list[dict[str, Any]], names: list[str], groups: list[tuple[str, dict[str, Any]]]) -> dict[str, list[dict[str, Any] | None]]:
+    def find(m: dict[str, Any], want: dict[str, Any]) -> dict[str, Any] | None:
+        for r in m["records"]:
+            if all(r.get(k) == v for k, v in want.items()):
+                return r
+        return None
+
+    return {n: [find(m, w) for _, w in groups] for n, m in zip(names, metrics)}
+
+
+def _figures(metrics: list[dict[str, Any]], names: list[str], out: Path) -> list[tuple[str, str]]:
+    """Bar charts with CIs across runs; dashed markers: permutation nulls (MI) and chance levels."""
+    from openlam.eval.plots import bars_with_ci
+
+    splits = list(dict.fromkeys(r["split"] for m in metrics for r in m["records"] if r["metric"] == "probe_nmse"))
+    figs: list[tuple[str, str]] = []
+    g = [(f"{s} {f} {e}", {"metric": "probe_nmse", "split": s, "features": f, "estimator": e})
+         for s in splits for f in ("onehot", "continuous") for e in ("ridge", "mlp")]
+    bars_with_ci([x for x, _ in g], _series(metrics, names, g), "held-out probe NMSE (1 = no better than the mean)", "NMSE",
+                 out / "probe_nmse.png")
+    figs.append(("Probe NMSE", "probe_nmse.png"))
+    g = [(f"{s} {e}", {"metric": "mi", "split": s, "estimator": e}) for s in splits for e in ("plugin_mm", "knn_ross", "infonce")]
+    ser = _series(metrics, names, g)
+    nulls = {n: [r.get("null") if r else None for r in recs] for n, recs in ser.items()}
+    bars_with_ci([x for x, _ in g], ser, "I(Z; A), 95% CI over episodes (dashed: permutation null)", "nats", out / "mi.png", nulls)
+    figs.append(("I(Z;A)", "mi.png"))
+    g = [("view probe onehot", {"metric": "viewpoint_probe_accuracy", "features": "onehot"}),
+         ("view probe continuous", {"metric": "viewpoint_probe_accuracy", "features": "continuous"}),
+         ("cross-view token agreement", {"metric": "crossview_token_agreement", "views": "mean"}),
+         ("transfer token recovery", {"metric": "transfer_token_recovery"}),
+         ("transfer self recovery", {"metric": "transfer_self_token_recovery"})]
+    chance_of = [("", {"metric": "crossview_chance_agreement", "views": "mean"}), ("", {"metric": "transfer_chance_token_recovery"})]
+    ser, chance_ser = _series(metrics, names, g), _series(metrics, names, chance_of)
+    chance = {n: [(r or {}).get("chance") for r in ser[n][:2]] + [(r or {}).get("value") for r in chance_ser[n]] + [None] for n in names}
+    bars_with_ci([x for x, _ in g], ser, "viewpoint, cross-view and transfer (dashed: chance)", "rate", out / "consistency.png", chance)
+    figs.append(("Viewpoint probe, cross-view agreement, transfer consistency", "consistency.png"))
+    return figs
+
+
+def write_report(paths: list[Path], out: Path) -> Path:
+    metrics = [load_metrics(p) for p in paths]
+    names = run_names(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    blocks: list[tuple[str, Any]] = [("h1", "Latent action evaluation report")]
+    blocks.append(("p", "Every number is a value with its 95% confidence interval over episodes (docs/metrics.md has the exact "
+                        "definitions). Probes and the InfoNCE critic are fit on train episodes and scored on held-out ones."))
+    blocks.append(("table", [["run", "dataset", "gap", "labelled pairs", "eval seconds"]] + [
+        [n, m["dataset"], json.dumps(m["gap"]), str(m["codebook"]["num_pairs"]), f"{m['seconds']['total']:.0f}"] for n, m in zip(names, metrics)]))
+    header, rows = comparison(metrics, names)
+    blocks += [("h2", "Side by side"), ("table", [header] + rows)]
+    for title, f in _figures(metrics, names, out):
+        blocks += [("h2", title), ("img", f)]
+    for n, m in zip(names, metrics):
+        blocks.append(("h2", f"Run {n}"))
+        splits = ", ".join(f"{s}: {v['episodes']} episodes / {v['rows']} pairs" for s, v in m["splits"].items())
+        blocks.append(("p", f"Splits — {splits}."))
+        cb = m["codebook"]
+        blocks.append(("p", f"Codes used per token position: {cb['used_codes_per_position']} of {cb['codebook_size']}; "
+                            f"dead codes: {cb['dead_codes_per_position']}."))
+        src = Path(m["_dir"]) / "plots"
+        for f in ("usage.png", "code_examples.png"):
+            if (src / f).is_file():
+                dst = Path("runs") / n.replace("/", "_") / f
+                (out / dst).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / f, out / dst)
+                blocks.append(("img", str(dst)))
+    md = out / "report.md"
+    atomic_write_text(md, _markdown(blocks))
+    atomic_write_text(out / "report.html", _html(blocks))
+    return md
+
+
+def _markdown(blocks: list[tuple[str, Any]]) -> str:
+    lines: list[str] = []
+    for kind, c in blocks:
+        if kind == "h1":
+            lines += [f"# {c}", ""]
+        elif kind == "h2":
+            lines += [f"## {c}", ""]
+        elif kind == "p":
+            lines += [c, ""]
+        elif kind == "img":
+            lines += [f"![{Path(c).stem}]({c})", ""]
+        elif kind == "table":
+            esc = lambda x: str(x).replace("|", "\\|")  # noqa: E731
+            lines.append("| " + " | ".join(map(esc, c[0])) + " |")
+            lines.append("|" + "---|" * len(c[0]))
+            lines += ["| " + " | ".join(map(esc, r)) + " |" for r in c[1:]]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _html(blocks: list[tuple[str, Any]]) -> str:
+    e = html.escape
+    body: list[str] = []
+    for kind, c in blocks:
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{e(c)}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{e(c)}</p>")
+        elif kind == "img":
+            body.append(f'<p><img src="{e(c)}" alt="{e(Path(c).stem)}"></p>')
+        elif kind == "table":
+            head = "".join(f"<th>{e(str(h))}</th>" for h in c[0])
+            rows = "".join("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in r) + "</tr>" for r in c[1:])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+             "th{background:#f3f3f3}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>openlam report</title><style>{style}</style></head>"
+            f"<body>{''.join(body)}</body></html>\n")

@@ -1,0 +1,253 @@
+"""`openlam eval RUN [--dataset D] [--out DIR]`: label the dataset with the run's model, then measure
+how much the latent actions tell about the real actions (docs/metrics.md defines every number).
+
+Output: DIR/metrics.json — {"run", "dataset", "config", "splits", "records": [...], "codebook": {...}}
+where each record is one number with its metric, split, estimator / features, n and CI — plus
+DIR/plots/*.png. Probes and the InfoNCE critic are fit on the train split only; everything is
+scored on held-out episodes (test) and on each OOD split the dataset defines.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from openlam.artifacts import atomic_write_json
+from openlam.config import to_dict
+from openlam.data.cache import FrameCache
+from openlam.data.pairs import GapConfig
+from openlam.errors import ConfigError, DataError
+from openlam.eval.codebook import codebook_stats
+from openlam.eval.mi import InfoNCECritic, _entropy_mm, bootstrap_ci, discretize_actions, knn_mi, permutation_null, plugin_mi
+from openlam.eval.probes import fit_ridge_cv, mlp_probe, nmse, one_hot_tokens
+from openlam.eval.table import EvalTable, build_table
+
+
+@dataclass
+class EvalConfig:
+    gap: GapConfig | None = None  # None: the gap the model was trained with
+    n_boot: int = 100  # episode resamples per CI
+    plugin_bins: int = 16  # k-means bins of the action for the plug-in estimator
+    knn_k: int = 3
+    infonce_steps: int = 1500
+    mlp: bool = True  # also the MLP probe
+    transfer_pairs: int = 512  # 0: skip transfer consistency
+    cka_rounds: int = 50  # 0: skip CKA alignment
+    cka_max_rows: int = 4000  # rows sampled (by episode) for domain stripping
+    example_codes: int = 8  # per-code example grid: most frequent token tuples shown
+    batch_size: int = 256  # labelling batch
+    seed: int = 0
+    device: str = "auto"
+    align: list[str] = field(default_factory=list)  # more datasets for CKA (domains = datasets); empty: domains = views
+
+    def validate(self) -> None:
+        if self.n_boot < 2:
+            raise ConfigError("eval: n_boot must be >= 2")
+
+
+def _run_dataset(run: Path) -> str:
+    """A run folder evaluates on its own frame cache (same splits, no second decode)."""
+    if (run / "cache" / "cache.json").is_file():
+        return str(run / "cache")
+    if (run / "config.yaml").is_file():
+        from openlam.config import load_config
+        from openlam.train.config import TrainConfig
+
+        d = load_config(TrainConfig, run / "config.yaml").data
+        if d.cache or d.dataset:
+            return str(d.cache or d.dataset)
+    raise ConfigError(f"{run}: not a run folder with a cache or config.yaml; pass --dataset")
+
+
+def evaluate(run: str | Path, dataset: str | Path | None = None, out: str | Path | None = None, cfg: EvalConfig | None = None) -> dict[str, Any]:
+    from openlam.label import LabelConfig, label, resolve_model
+    from openlam.models.lam import LatentActionModel
+    from openlam.train import distributed
+
+    cfg = cfg or EvalConfig()
+    cfg.validate()
+    run = Path(run)
+    mdir, _ = resolve_model(run)
+    dataset = str(dataset) if dataset is not None else _run_dataset(run)
+    out = Path(out) if out is not None else (run / "eval" if (run / "model").is_dir() else Path("eval"))
+    t0 = time.perf_counter()
+    lcfg = LabelConfig(gap=cfg.gap, batch_size=cfg.batch_size, device=cfg.device)
+    label(run, dataset, out / "labels", lcfg)
+    seconds_label = time.perf_counter() - t0
+    _, device = distributed.init(cfg.device)
+    model = LatentActionModel.from_pretrained(mdir, map_location=device).eval()
+    import json
+
+    cache = FrameCache(json.loads((out / "labels" / "labels.json").read_text())["cache"])
+    table = build_table(out / "labels", cache)
+    records = metric_records(table, cfg, model=model, cache=cache, device=device)
+    align_recs: list[dict[str, Any]] = []
+    if cfg.cka_rounds and cfg.align:
+        align_recs = _align_datasets(run, dataset, table, out, cfg)
+    records += align_recs
+    result = {
+        "run": str(run), "model": str(mdir), "dataset": dataset, "out": str(out),
+        "gap": table.meta["gap"], "config": to_dict(cfg),
+        "splits": {s: {"rows": int(table.splits[s].sum()), "episodes": int(len(np.unique(table.episode[table.splits[s]])))}
+                   for s in sorted(table.splits)},
+        "records": records,
+        "codebook": codebook_stats(table.tokens, table.codebook_size, table.view, table.task),
+        "seconds": {"label": seconds_label, "total": time.perf_counter() - t0},
+    }
+    atomic_write_json(out / "metrics.json", result)
+    from openlam.eval.plots import eval_plots
+
+    eval_plots(result, table, cache, out / "plots", cfg.example_codes, cfg.seed)
+    return result
+
+
+def metric_records(table: EvalTable, cfg: EvalConfig, model: Any = None, cache: FrameCache | None = None,
+                   device: Any = "cpu") -> list[dict[str, Any]]:
+    """Every number that needs only the labels (+ the model for transfer consistency)."""
+    train = table.rows("train")
+    if not len(train):
+        raise DataError(table.meta.get("cache", "labels"), "splits.train", "labelled rows in the train split (probes are fit there)", "none")
+    splits = table.eval_splits()
+    if not splits:
+        raise DataError(table.meta.get("cache", "labels"), "splits.test", "a held-out split with labelled rows", "none")
+    C = table.codebook_size
+    recs = probe_records(table, train, splits, cfg)
+    recs += mi_records(table, train, splits, cfg)
+    recs += viewpoint_records(table, train, splits, cfg)
+    test = table.rows("test") if "test" in splits else table.rows(splits[0])
+    from openlam.eval.crossview import cross_view
+
+    if len(set(table.view[test].tolist())) > 1:
+        recs += [{**r, "split": "test"} for r in cross_view(table.episode[test], table.frame[test], table.view[test], table.tokens[test], C,
+                                                            n_boot=cfg.n_boot, seed=cfg.seed)]
+    if model is not None and cache is not None and cfg.transfer_pairs:
+        from openlam.eval.transfer import transfer_consistency
+
+        probe = fit_ridge_cv(one_hot_tokens(table.tokens[train], C), table.action[train], table.episode[train])
+        recs += [{**r, "split": "test"} for r in transfer_consistency(
+            model, cache, table.episode[test], table.frame[test], table.gap[test], table.view[test], table.tokens[test],
+            lambda t: probe.predict(one_hot_tokens(t, C)), n=cfg.transfer_pairs, n_boot=cfg.n_boot, seed=cfg.seed, device=device)]
+    if cfg.cka_rounds and not cfg.align and len(set(table.view.tolist())) > 1:
+        from openlam.eval.cka import cka_alignment
+
+        rows = _sample_episodes(table.episode, np.arange(len(table)), cfg.cka_max_rows, cfg.seed)
+        recs += [{**r, "split": "all", "domain": "view"} for r in cka_alignment(
+            table.z[rows], table.tokens[rows], table.view[rows], table.episode[rows], rounds=cfg.cka_rounds, seed=cfg.seed)]
+    return recs
+
+
+def _sample_episodes(episode: np.ndarray, rows: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """At most ~max_rows rows, keeping whole episodes (never a frame-level subsample)."""
+    if len(rows) <= max_rows:
+        return rows
+    rng = np.random.default_rng(seed)
+    eps = rng.permutation(np.unique(episode[rows]))
+    keep, n = [], 0
+    for e in eps:
+        r = rows[episode[rows] == e]
+        if n and n + len(r) > max_rows:
+            break
+        keep.append(r)
+        n += len(r)
+    return np.sort(np.concatenate(keep))
+
+
+def _ci(fn: Any, episodes: np.ndarray, cfg: EvalConfig, method: str = "bootstrap") -> dict[str, float]:
+    return bootstrap_ci(fn, episodes, n_boot=cfg.n_boot, seed=cfg.seed, method=method).to_dict()
+
+
+def probe_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
+    feats = {"onehot": one_hot_tokens(table.tokens, table.codebook_size), "continuous": table.z}
+    y, g = table.action, table.episode
+    recs = []
+    for fname, x in feats.items():
+        ridge = fit_ridge_cv(x[train], y[train], g[train])
+        preds = {"ridge": ridge.predict(x)}
+        if cfg.mlp:
+            held = np.concatenate([table.rows(s) for s in splits])
+            p = np.zeros_like(y, dtype=np.float64)
+            p[held] = mlp_probe(x[train], y[train], g[train], x[held], seed=cfg.seed)
+            preds["mlp"] = p
+        for probe, pred in preds.items():
+            for s in splits:
+                r = table.rows(s)
+                recs.append({"metric": "probe_nmse", "split": s, "features": fname, "estimator": probe, "n": int(len(r)),
+                             "lambda": ridge.lam if probe == "ridge" else None,
+                             **_ci(lambda i, r=r, pred=pred: nmse(pred[r][i], y[r][i]), g[r], cfg)})
+    return recs
+
+
+def mi_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
+    z, a, g = table.tokens, table.action, table.episode
+    critic = InfoNCECritic(z[train], a[train], table.codebook_size, steps=cfg.infonce_steps, seed=cfg.seed, groups=g[train])
+    estimators = {  # name -> (estimator(z, a), CI method: duplicated rows bias plug-in and kNN, so half-sampling)
+        "plugin_mm": (lambda zz, aa: plugin_mi(zz, aa, bins=cfg.plugin_bins), "half"),
+        "knn_ross": (lambda zz, aa: knn_mi(zz, aa, k=cfg.knn_k), "half"),
+        "infonce": (lambda zz, aa: critic.bound(zz, aa, seed=cfg.seed), "bootstrap"),
+    }
+    recs = []
+    for s in splits:
+        r = table.rows(s)
+        zr, ar = z[r], a[r]
+        for name, (est, method) in estimators.items():
+            recs.append({"metric": "mi", "split": s, "estimator": name, "n": int(len(r)), "ci_method": method,
+                         **_ci(lambda i, est=est, zr=zr, ar=ar: est(zr[i], ar[i]), g[r], cfg, method),
+                         "null": permutation_null(est, zr, ar, seed=cfg.seed)})
+        # the plug-in estimate's ceiling: the entropy of the binned action target
+        h = _entropy_mm(np.bincount(discretize_actions(ar, cfg.plugin_bins)))
+        recs.append({"metric": "action_entropy_binned", "split": s, "estimator": "plugin_mm", "n": int(len(r)), "value": h})
+    return recs
+
+
+def viewpoint_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
+    """How much the latent tells about which camera saw the pair (MVP-LAM referee's control):
+    logistic regression latent -> view, fit on train, accuracy on test vs the majority rate."""
+    from sklearn.linear_model import LogisticRegression
+
+    views_train = table.view[train]
+    if len(set(views_train.tolist())) < 2 or "test" not in splits:
+        return []
+    test = table.rows("test")
+    keep = np.isin(table.view[test], np.unique(views_train))
+    test = test[keep]
+    if not len(test):
+        return []
+    chance = float(np.max(np.unique(table.view[test], return_counts=True)[1]) / len(test))
+    recs = []
+    for fname, x in {"onehot": one_hot_tokens(table.tokens, table.codebook_size), "continuous": table.z}.items():
+        mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
+        clf = LogisticRegression(max_iter=1000).fit((x[train] - mu) / sd, views_train)
+        pred = clf.predict((x[test] - mu) / sd)
+        ok = (pred == table.view[test]).astype(np.float64)
+        est = _ci(lambda i, ok=ok: float(ok[i].mean()), table.episode[test], cfg)
+        recs.append({"metric": "viewpoint_probe_accuracy", "split": "test", "features": fname, "estimator": "logreg",
+                     "n": int(len(test)), "chance": chance, **est})
+    return recs
+
+
+def _align_datasets(run: Path, dataset: str, table: EvalTable, out: Path, cfg: EvalConfig) -> list[dict[str, Any]]:
+    """CKA across datasets: each --align dataset is labelled with the same model; domain = dataset."""
+    from openlam.eval.cka import cka_alignment
+    from openlam.label import LabelConfig, label
+
+    zs, toks, doms, eps = [], [], [], []
+    sets = [(Path(dataset).name or "dataset", table)]
+    for i, d in enumerate(cfg.align):
+        ldir = out / "align" / f"{i}-{Path(d).name}" / "labels"
+        label(run, d, ldir, LabelConfig(gap=cfg.gap, batch_size=cfg.batch_size, device=cfg.device))
+        import json
+
+        other_cache = FrameCache(json.loads((ldir / "labels.json").read_text())["cache"])
+        sets.append((f"{i}-{Path(d).name}", build_table(ldir, other_cache)))
+    for j, (name, t) in enumerate(sets):
+        rows = _sample_episodes(t.episode, np.arange(len(t)), cfg.cka_max_rows // len(sets), cfg.seed)
+        zs.append(t.z[rows])
+        toks.append(t.tokens[rows])
+        doms.append(np.full(len(rows), name, dtype=object))
+        eps.append(t.episode[rows] + j * 10**9)  # episodes of different datasets never coincide
+    return [{**r, "split": "all", "domain": "dataset"} for r in cka_alignment(
+        np.concatenate(zs), np.concatenate(toks), np.concatenate(doms), np.concatenate(eps), rounds=cfg.cka_rounds, seed=cfg.seed)]

@@ -1,0 +1,71 @@
+"""One row per labelled pair, joined with what the metrics need: the pair's action target over its
+gap, its task, and which splits it belongs to (episode in the split AND view among the split's
+cameras, so `ood_camera` rows are the held-out views only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from openlam.data.cache import FrameCache
+from openlam.data.pairs import action_targets
+from openlam.errors import DataError
+from openlam.label import load_labels
+
+
+@dataclass
+class EvalTable:
+    episode: np.ndarray  # (N,) int64
+    frame: np.ndarray  # (N,) int64, t of the pair (o_t, o_t+gap)
+    view: np.ndarray  # (N,) str
+    gap: np.ndarray  # (N,) int64, frames
+    tokens: np.ndarray  # (N, K) int64
+    z: np.ndarray  # (N, K * code_dim) float32, pre-quantization embedding
+    action: np.ndarray  # (N, A) float32 action target over the gap
+    task: np.ndarray  # (N,) str
+    splits: dict[str, np.ndarray]  # split name -> (N,) bool
+    meta: dict[str, Any]  # labels.json
+    codebook_size: int
+
+    def __len__(self) -> int:
+        return len(self.episode)
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.nonzero(self.splits[split])[0]
+
+    def eval_splits(self) -> list[str]:
+        """Held-out splits that have labelled rows: test first, then the OOD ones."""
+        names = ["test"] + sorted(s for s in self.splits if s.startswith("ood"))
+        return [s for s in names if s in self.splits and self.splits[s].any()]
+
+
+def build_table(labels_dir: str | Path, cache: FrameCache) -> EvalTable:
+    meta, t = load_labels(labels_dir)
+    if cache.action_space is None:
+        raise DataError(cache.path / "cache.json", "action_space", "a dataset with actions (evaluation compares latents to real actions)", "none")
+    ep = t.column("episode").to_numpy().astype(np.int64)
+    if len(ep) and ep.max() >= len(cache.episodes):
+        raise DataError(Path(labels_dir) / "labels.json", "episodes", f"labels of the dataset cached at {cache.path} ({len(cache.episodes)} episodes)",
+                        f"episode index {ep.max()}")
+    frame = t.column("frame").to_numpy().astype(np.int64)
+    gap = t.column("gap").to_numpy().astype(np.int64)
+    view = np.asarray(t.column("view").to_pylist(), dtype=object)
+    K = meta["num_tokens"]
+    tokens = np.asarray(t.column("tokens").combine_chunks().flatten(), dtype=np.int64).reshape(-1, K)
+    zc = t.column("z_cont").combine_chunks()
+    z = np.asarray(zc.flatten(), dtype=np.float32).reshape(len(ep), -1)
+    starts = np.array([e["start"] for e in cache.episodes], dtype=np.int64)
+    acts = np.asarray(cache.actions(), dtype=np.float64)
+    cum = np.concatenate([np.zeros((1, acts.shape[1])), np.cumsum(acts, 0)])
+    delta = np.array([k == "delta" for k in cache.action_space.kinds])
+    action = action_targets(cum, acts, starts[ep] + frame, gap, delta)
+    tasks = np.array([str(e["metadata"].get("task", e["language"])) for e in cache.episodes], dtype=object)
+    splits = {}
+    for name, sp in cache.splits.items():
+        in_eps = np.isin(ep, np.asarray(sp["episodes"], dtype=np.int64))
+        splits[name] = in_eps & np.isin(view, np.asarray(sp.get("cameras", cache.cameras), dtype=object))
+    return EvalTable(ep, frame, view, gap, tokens, z, action, tasks[ep] if len(ep) else tasks[:0], splits, meta,
+                     int(meta["codebook_size"]))
