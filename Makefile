@@ -28,10 +28,13 @@ demo: setup
 		--action-noise 0.1 --workers 2 --seed 0 --out $(DEMO)/data --overwrite
 	$(OPENLAM) validate $(DEMO)/data
 	$(OPENLAM) summary $(DEMO)/data --out $(DEMO)
-	rm -rf $(DEMO)/lapa_tiny
+	rm -rf $(DEMO)/lapa_tiny $(DEMO)/report
 	$(OPENLAM) train configs/lapa_tiny.yaml data.dataset=$(DEMO)/data out=$(DEMO)/lapa_tiny \
 		steps=600 time_limit_s=240 preview_every=200 ckpt_every=200
+	$(OPENLAM) eval $(DEMO)/lapa_tiny
+	$(OPENLAM) report $(DEMO)/lapa_tiny --out $(DEMO)/report
 	@echo "demo outputs: $(DEMO)/contact_sheet.png $(DEMO)/summary.md $(DEMO)/lapa_tiny/previews/ $(DEMO)/lapa_tiny/summary.json"
+	@echo "evaluation report: $(DEMO)/report/report.html (and report.md); metrics: $(DEMO)/lapa_tiny/eval/metrics.json"
 
 clean:
 	rm -rf $(VENV) runs

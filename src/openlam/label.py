@@ -150,11 +150,18 @@ def _label_shard(model: LatentActionModel, cache: FrameCache, episodes: range, v
                 cols["z_cont"].append(q.z_cont.float().flatten(1).cpu().numpy())
     if not cols["episode"]:
         return pa.table({"episode": pa.array([], pa.int64())})
-    tok = np.concatenate(cols["tokens"])
-    z = np.concatenate(cols["z_cont"])
+    cat = np.concatenate
+    return shard_table(cat(cols["episode"]), cat(cols["frame"]), cols["view"], cat(cols["gap"]), cat(cols["tokens"]), cat(cols["z_cont"]))
+
+
+def shard_table(episode: np.ndarray, frame: np.ndarray, view: list[str] | np.ndarray, gap: np.ndarray, tokens: np.ndarray,
+                z_cont: np.ndarray) -> pa.Table:
+    """The label shard schema: one row per (episode, frame, view); tokens (K,) int32, z_cont float32."""
+    tok = np.asarray(tokens, np.int32)
+    z = np.asarray(z_cont, np.float32)
     return pa.table({
-        "episode": np.concatenate(cols["episode"]), "frame": np.concatenate(cols["frame"]),
-        "view": pa.array(cols["view"], pa.string()), "gap": np.concatenate(cols["gap"]),
+        "episode": np.asarray(episode, np.int64), "frame": np.asarray(frame, np.int64),
+        "view": pa.array([str(v) for v in view], pa.string()), "gap": np.asarray(gap, np.int32),
         "tokens": pa.FixedSizeListArray.from_arrays(pa.array(tok.reshape(-1)), tok.shape[1]),
         "z_cont": pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1)), z.shape[1]),
     })

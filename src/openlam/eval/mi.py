@@ -187,8 +187,10 @@ class Estimate:
     high: float
     n_boot: int
 
-    def to_dict(self) -> dict[str, float]:
-        return {"value": self.value, "ci_low": self.low, "ci_high": self.high, "n_boot": self.n_boot}
+    def to_dict(self) -> dict[str, float | None]:
+        """NaN bounds (too few episodes for an interval) become None."""
+        ci = lambda x: None if np.isnan(x) else x  # noqa: E731
+        return {"value": self.value, "ci_low": ci(self.low), "ci_high": ci(self.high), "n_boot": self.n_boot}
 
 
 def bootstrap_ci(fn: Callable[[np.ndarray], float], episodes: np.ndarray, n_boot: int = 100, level: float = 0.95, seed: int = 0,
@@ -196,6 +198,8 @@ def bootstrap_ci(fn: Callable[[np.ndarray], float], episodes: np.ndarray, n_boot
     """CI of fn(rows) from resampling whole episodes; `fn` receives the row indices of a resample.
 
     method="bootstrap": episodes drawn with replacement, percentile interval.
+    Too few episodes to resample (< 2; < 4 for "half") give NaN bounds.
+
     method="half": for estimators that duplicated rows would fool (kNN: a copy is a zero-distance
     neighbour): half of the episodes drawn without replacement (delete-half jackknife); the spread
     of (half estimate - full estimate) approximates the full-data standard error, and the interval
@@ -207,6 +211,8 @@ def bootstrap_ci(fn: Callable[[np.ndarray], float], episodes: np.ndarray, n_boot
     uniq, inv = np.unique(episodes, return_inverse=True)
     rows_of = [np.nonzero(inv == i)[0] for i in range(len(uniq))]
     value = fn(np.arange(len(episodes)))
+    if len(uniq) < (4 if method == "half" else 2):  # no interval from resampling 1 (or, halving, < 4) episodes
+        return Estimate(float(value), float("nan"), float("nan"), 0)
     boots = []
     for _ in range(n_boot):
         if method == "half":

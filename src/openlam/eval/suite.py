@@ -129,8 +129,8 @@ def metric_records(table: EvalTable, cfg: EvalConfig, model: Any = None, cache: 
 
         probe = fit_ridge_cv(one_hot_tokens(table.tokens[train], C), table.action[train], table.episode[train])
         recs += [{**r, "split": "test"} for r in transfer_consistency(
-            model, cache, table.episode[test], table.frame[test], table.gap[test], table.view[test], table.tokens[test],
-            lambda t: probe.predict(one_hot_tokens(t, C)), n=cfg.transfer_pairs, n_boot=cfg.n_boot, seed=cfg.seed, device=device)]
+            model, cache, table.episode, table.frame, table.gap, table.view, table.tokens,
+            lambda t: probe.predict(one_hot_tokens(t, C)), a_pool=test, n=cfg.transfer_pairs, n_boot=cfg.n_boot, seed=cfg.seed, device=device)]
     if cfg.cka_rounds and not cfg.align and len(set(table.view.tolist())) > 1:
         from openlam.eval.cka import cka_alignment
 
@@ -184,18 +184,20 @@ def probe_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: E
 def mi_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
     z, a, g = table.tokens, table.action, table.episode
     critic = InfoNCECritic(z[train], a[train], table.codebook_size, steps=cfg.infonce_steps, seed=cfg.seed, groups=g[train])
-    estimators = {  # name -> (estimator(z, a), CI method: duplicated rows bias plug-in and kNN, so half-sampling)
-        "plugin_mm": (lambda zz, aa: plugin_mi(zz, aa, bins=cfg.plugin_bins), "half"),
-        "knn_ross": (lambda zz, aa: knn_mi(zz, aa, k=cfg.knn_k), "half"),
-        "infonce": (lambda zz, aa: critic.bound(zz, aa, seed=cfg.seed), "bootstrap"),
+    # CIs by half-sampling: rows duplicated by a bootstrap bias all three (plug-in and kNN see fake
+    # agreement, InfoNCE batches hold copies that act as extra positives among the negatives)
+    estimators = {
+        "plugin_mm": lambda zz, aa: plugin_mi(zz, aa, bins=cfg.plugin_bins),
+        "knn_ross": lambda zz, aa: knn_mi(zz, aa, k=cfg.knn_k),
+        "infonce": lambda zz, aa: critic.bound(zz, aa, seed=cfg.seed),
     }
     recs = []
     for s in splits:
         r = table.rows(s)
         zr, ar = z[r], a[r]
-        for name, (est, method) in estimators.items():
-            recs.append({"metric": "mi", "split": s, "estimator": name, "n": int(len(r)), "ci_method": method,
-                         **_ci(lambda i, est=est, zr=zr, ar=ar: est(zr[i], ar[i]), g[r], cfg, method),
+        for name, est in estimators.items():
+            recs.append({"metric": "mi", "split": s, "estimator": name, "n": int(len(r)), "ci_method": "half",
+                         **_ci(lambda i, est=est, zr=zr, ar=ar: est(zr[i], ar[i]), g[r], cfg, "half"),
                          "null": permutation_null(est, zr, ar, seed=cfg.seed)})
         # the plug-in estimate's ceiling: the entropy of the binned action target
         h = _entropy_mm(np.bincount(discretize_actions(ar, cfg.plugin_bins)))

@@ -1,7 +1,7 @@
 """Transfer consistency (CycleMimic's semantic-consistency test): a latent action should mean the
 same motion whatever scene it is applied to.
 
-For pairs A and B (same view, different episodes): decode z^A on o_t^B, re-encode
+For pairs A (held-out) and B (same view, another episode): decode z^A on o_t^B, re-encode
 (o_t^B, generated) -> z'. Reported: token recovery (z' == z^A, per position and whole tuple), the
 same when z^A is decoded on its own frame o_t^A ("self", the reconstruction loop's ceiling), the
 rate a labeller with the same code marginals would reach by chance, and how well the probe's
@@ -30,13 +30,16 @@ def _loop(model: LatentActionModel, o_cond: torch.Tensor, tokens: torch.Tensor) 
 
 
 def transfer_consistency(model: LatentActionModel, cache: FrameCache, episode: np.ndarray, frame: np.ndarray, gap: np.ndarray,
-                         view: np.ndarray, tokens: np.ndarray, predict_action: Any, n: int = 512, batch: int = 128,
-                         n_boot: int = 100, seed: int = 0, device: torch.device | str = "cpu") -> list[dict[str, Any]]:
-    """`predict_action(tokens (M, K)) -> (M, A)`: the probe fit on train episodes."""
+                         view: np.ndarray, tokens: np.ndarray, predict_action: Any, a_pool: np.ndarray | None = None, n: int = 512,
+                         batch: int = 128, n_boot: int = 100, seed: int = 0, device: torch.device | str = "cpu") -> list[dict[str, Any]]:
+    """Arrays cover every labelled pair; A is drawn from `a_pool` (row indices, e.g. the held-out
+    split; None: all), B from any other episode. `predict_action(tokens (M, K)) -> (M, A)`: the
+    probe fit on train episodes."""
     if model.cfg.target != "pixels":
         return [{"metric": "transfer", "value": None, "error": "needs a pixel-target model (this one predicts features)"}]
     rng = np.random.default_rng(seed)
-    a_rows = rng.choice(len(episode), min(n, len(episode)), replace=False)
+    pool = np.arange(len(episode)) if a_pool is None else np.asarray(a_pool)
+    a_rows = rng.choice(pool, min(n, len(pool)), replace=False)
     b_rows = np.empty_like(a_rows)
     for i, r in enumerate(a_rows):  # a partner from another episode, same view
         cand = np.nonzero((view == view[r]) & (episode != episode[r]))[0]
@@ -56,7 +59,7 @@ def transfer_consistency(model: LatentActionModel, cache: FrameCache, episode: n
         z_cross.append(_loop(model, to(o_b), tok))
     za, zs, zc = tokens[a_rows], np.concatenate(z_self), np.concatenate(z_cross)
     C = model.cfg.codebook_size
-    marg = [np.bincount(tokens[:, k], minlength=C) / len(tokens) for k in range(tokens.shape[1])]
+    marg = [np.bincount(tokens[pool, k], minlength=C) / len(pool) for k in range(tokens.shape[1])]
     chance = float(np.mean([(p ** 2).sum() for p in marg]))
     pa, pc = predict_action(za), predict_action(zc)
     ep = episode[a_rows]
@@ -68,5 +71,5 @@ def transfer_consistency(model: LatentActionModel, cache: FrameCache, episode: n
         ("transfer_probe_action_nmse", lambda r: nmse(pc[r], pa[r]), "ridge_onehot"),
     ]:
         recs.append({"metric": name, "n": int(len(a_rows)), "estimator": est, **bootstrap_ci(fn, ep, n_boot=n_boot, seed=seed).to_dict()})
-    recs.append({"metric": "transfer_chance_token_recovery", "n": int(len(tokens)), "value": chance, "estimator": "sum_c p(c)^2"})
+    recs.append({"metric": "transfer_chance_token_recovery", "n": int(len(pool)), "value": chance, "estimator": "sum_c p(c)^2"})
     return recs

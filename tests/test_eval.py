@@ -1,0 +1,210 @@
+"""The evaluation suite on labellers with known answers: an oracle whose tokens quantize the true
+action, a random labeller, a view-blind one; plus the pieces (cross-view, CKA, transfer,
+codebook) on cases with exact values, and the eval -> report -> compare CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from openlam.artifacts import atomic_write_json
+from openlam.config import from_dict
+from openlam.data.cache import CacheConfig, FrameCache, build_cache
+from openlam.data.lerobot_writer import write_lerobot
+from openlam.data.pairs import action_targets
+from openlam.data.synthetic import moving_squares
+from openlam.eval.cka import centroid_cka, linear_cka, strip_domain
+from openlam.eval.codebook import codebook_stats
+from openlam.eval.crossview import cross_view
+from openlam.eval.suite import EvalConfig, metric_records
+from openlam.eval.table import build_table
+from openlam.eval.transfer import transfer_consistency
+from openlam.label import shard_table
+
+GAP = 3
+FAST = EvalConfig(n_boot=30, infonce_steps=600, mlp=False, transfer_pairs=0, cka_rounds=0)
+
+
+@pytest.fixture(scope="module")
+def squares_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalds")
+    ds = write_lerobot(root / "ds", moving_squares(episodes=60, length=24, size=32, seed=1), fps=10.0)
+    return FrameCache(build_cache(ds, root / "cache", CacheConfig(size=32)))
+
+
+def pairs_of(cache: FrameCache) -> tuple[np.ndarray, ...]:
+    """Every (episode, t, view) with t + GAP inside the episode, and its action target."""
+    ep, fr, vw = [], [], []
+    for e, info in enumerate(cache.episodes):
+        for v in cache.cameras:
+            t = np.arange(info["length"] - GAP)
+            ep.append(np.full(len(t), e))
+            fr.append(t)
+            vw += [v] * len(t)
+    ep, fr, vw = np.concatenate(ep), np.concatenate(fr), np.array(vw, dtype=object)
+    acts = np.asarray(cache.actions(), np.float64)
+    cum = np.concatenate([np.zeros((1, acts.shape[1])), np.cumsum(acts, 0)])
+    starts = np.array([i["start"] for i in cache.episodes])
+    target = action_targets(cum, acts, starts[ep] + fr, np.full(len(ep), GAP), np.ones(acts.shape[1], bool))
+    return ep, fr, vw, target
+
+
+def write_labels(out, cache: FrameCache, tokens: np.ndarray, z: np.ndarray, codebook_size: int) -> None:
+    """A labelling in exactly the format `openlam label` writes, from any labeller."""
+    ep, fr, vw, _ = pairs_of(cache)
+    (out / "shards").mkdir(parents=True)
+    pq.write_table(shard_table(ep, fr, vw, np.full(len(ep), GAP), tokens, z), out / "shards" / "shard-00000.parquet")
+    atomic_write_json(out / "labels.json", {"complete": True, "shards": 1, "num_tokens": tokens.shape[1], "codebook_size": codebook_size,
+                                            "code_dim": z.shape[1] // tokens.shape[1], "gap": {"frames": GAP}, "cache": str(cache.path)})
+
+
+def quantize(x: np.ndarray, bins: int) -> np.ndarray:
+    """Per column: index of the quantile bin (the oracle LAM's codes)."""
+    edges = [np.quantile(c, np.linspace(0, 1, bins + 1)[1:-1]) for c in x.T]
+    return np.stack([np.searchsorted(e, c) for e, c in zip(edges, x.T)], 1)
+
+
+def value(recs, **want):
+    hits = [r for r in recs if all(r.get(k) == v for k, v in want.items())]
+    assert len(hits) == 1, (want, len(hits))
+    return hits[0]
+
+
+def test_oracle_labeller_is_action_centric_and_random_is_not(squares_cache, tmp_path):
+    cache = squares_cache
+    _, _, _, target = pairs_of(cache)
+    rng = np.random.default_rng(0)
+    oracle = quantize(target, 8)  # 2 tokens (dx, dy) x 8 codes
+    write_labels(tmp_path / "oracle", cache, oracle, target + 0.05 * rng.standard_normal(target.shape), 8)
+    write_labels(tmp_path / "random", cache, rng.integers(0, 8, oracle.shape), rng.standard_normal(target.shape), 8)
+    good = metric_records(build_table(tmp_path / "oracle", cache), FAST)
+    bad = metric_records(build_table(tmp_path / "random", cache), FAST)
+
+    assert value(good, metric="probe_nmse", features="onehot", estimator="ridge", split="test")["value"] < 0.15
+    assert value(good, metric="probe_nmse", features="continuous", estimator="ridge", split="test")["value"] < 0.05
+    for est in ("plugin_mm", "knn_ross", "infonce"):
+        r = value(good, metric="mi", estimator=est, split="test")
+        assert r["value"] > 1.0 and r["ci_low"] > r["null"] + 0.5, (est, r)
+    for feats in ("onehot", "continuous"):
+        r = value(bad, metric="probe_nmse", features=feats, estimator="ridge", split="test")
+        assert abs(r["value"] - 1) < 0.1 and r["ci_low"] < 1.0 + 0.02, (feats, r)
+    for est in ("plugin_mm", "knn_ross", "infonce"):
+        r = value(bad, metric="mi", estimator=est, split="test")
+        assert r["ci_low"] <= max(r["null"], 0.0) + 0.05, (est, r)  # indistinguishable from independence
+    # the oracle sees the action, not the camera: the viewpoint probe stays at chance; views agree exactly
+    vp = value(good, metric="viewpoint_probe_accuracy", features="onehot")
+    assert vp["value"] < vp["chance"] + 0.1
+    assert value(good, metric="crossview_token_agreement", views="mean")["value"] == 1.0
+
+
+def test_cross_view_agreement_and_chance():
+    rng = np.random.default_rng(0)
+    n = 400
+    ep, fr = np.repeat(np.arange(20), 20), np.tile(np.arange(20), 20)
+    tok = rng.integers(0, 4, (n, 2))
+    same = cross_view(np.concatenate([ep, ep]), np.concatenate([fr, fr]), np.array(["a"] * n + ["b"] * n, dtype=object),
+                      np.concatenate([tok, tok]), 4, n_boot=10)
+    assert value(same, metric="crossview_token_agreement", views="a|b")["value"] == 1.0
+    assert value(same, metric="crossview_chance_agreement", views="a|b")["value"] == pytest.approx(0.25, abs=0.03)
+    other = rng.integers(0, 4, (n, 2))
+    indep = cross_view(np.concatenate([ep, ep]), np.concatenate([fr, fr]), np.array(["a"] * n + ["b"] * n, dtype=object),
+                       np.concatenate([tok, other]), 4, n_boot=10)
+    assert value(indep, metric="crossview_token_agreement", views="a|b")["value"] == pytest.approx(0.25, abs=0.05)
+    mi = value(indep, metric="crossview_mi_views", views="a|b")
+    assert mi["value"] < 0.03 and value(same, metric="crossview_mi_views", views="a|b")["value"] > 1.2  # log 4 = 1.39
+
+
+def test_cka_invariances_and_domain_stripping():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 6))
+    q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    assert linear_cka(x, 3.0 * x @ q + 1.0) == pytest.approx(1.0, abs=1e-9)  # rotation, scale, shift
+    assert linear_cka(x, rng.standard_normal((30, 6))) < 0.5
+    # two domains that share a token -> direction map, plus a strong domain offset on extra dims
+    n = 4000
+    tok = rng.integers(0, 8, (n, 1))
+    dom = np.where(np.arange(n) < n // 2, "A", "B").astype(object)
+    episode = np.arange(n) // 20
+    dirs = rng.standard_normal((8, 4))
+    z = np.concatenate([dirs[tok[:, 0]] + 0.1 * rng.standard_normal((n, 4)),
+                        np.where(dom[:, None] == "A", 6.0, -6.0) + rng.standard_normal((n, 2))], 1)
+    s = strip_domain(z, dom, episode)
+    assert s.accuracy[0] > 0.99 and s.removed >= 1 and s.accuracy[-1] <= s.chance + 0.05
+    r = centroid_cka(s.z, tok, dom, "A", "B", rounds=20)
+    assert r["shared_tokens"] == 8 and r["cka"]["value"] > 0.95 and r["cka"]["value"] > r["cka_shuffled"]["value"] + 0.3
+
+
+def test_codebook_stats_exact():
+    tok = np.array([[0, 1], [0, 1], [2, 1], [0, 3]])
+    s = codebook_stats(tok, 4, np.array(["a", "a", "b", "b"], dtype=object), np.array(["t"] * 4, dtype=object))
+    assert s["used_codes_per_position"] == [2, 2] and s["dead_codes_per_position"] == [[1, 3], [0, 2]]
+    assert s["perplexity_per_position"][0] == pytest.approx(np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25))))
+    assert s["distinct_tuples"] == 3 and s["per_view"]["b"] == [[1, 0, 1, 0], [0, 1, 0, 1]] and s["usage"] == 0.5
+
+
+class _CycleModel:
+    """Decodes tokens into the generated frame's first pixels and reads them back: a perfect
+    (remember=True) or a forgetful (remember=False: random codes) action-centric loop."""
+
+    def __init__(self, remember: bool):
+        self.remember = remember
+        self.cfg = type("Cfg", (), {"target": "pixels", "codebook_size": 4})()
+        self.g = torch.Generator().manual_seed(0)
+
+    def decode(self, o, tok):
+        out = o.clone()
+        out[:, 0, 0, : tok.shape[1]] = tok.float() / 4
+        return out
+
+    def encode(self, o, gen):
+        tok = (gen[:, 0, 0, :2] * 4).round().long() if self.remember else torch.randint(0, 4, (len(o), 2), generator=self.g)
+        return type("Q", (), {"indices": tok})()
+
+
+def test_transfer_consistency_perfect_and_forgetful_loops(squares_cache):
+    ep, fr, vw, _ = pairs_of(squares_cache)
+    rng = np.random.default_rng(0)
+    tok = rng.integers(0, 4, (len(ep), 2))
+    probe = lambda t: t.astype(np.float64) @ np.array([[1.0, 0.5], [-0.3, 2.0]])  # noqa: E731
+    kw = dict(n=200, n_boot=10, device="cpu")
+    perfect = transfer_consistency(_CycleModel(True), squares_cache, ep, fr, np.full(len(ep), GAP), vw, tok, probe, **kw)
+    assert value(perfect, metric="transfer_token_recovery")["value"] == 1.0
+    assert value(perfect, metric="transfer_self_token_recovery")["value"] == 1.0
+    assert value(perfect, metric="transfer_probe_action_nmse")["value"] == 0.0
+    lossy = transfer_consistency(_CycleModel(False), squares_cache, ep, fr, np.full(len(ep), GAP), vw, tok, probe, **kw)
+    chance = value(lossy, metric="transfer_chance_token_recovery")["value"]
+    assert value(lossy, metric="transfer_token_recovery")["value"] == pytest.approx(chance, abs=0.08)
+    assert value(lossy, metric="transfer_probe_action_nmse")["value"] > 1.0
+
+
+def test_eval_report_compare_cli_end_to_end(tmp_path, capsys):
+    from openlam.cli import main
+    from openlam.models.config import LAMConfig
+    from openlam.models.lam import LatentActionModel
+
+    ds = write_lerobot(tmp_path / "ds", moving_squares(episodes=12, length=16, size=32, seed=2), fps=10.0)
+    torch.manual_seed(0)
+    cfg = from_dict(LAMConfig, {"image_size": 32, "encoder": {"dim": 32, "layers": 1, "heads": 4, "patch": 8},
+                                "quantizer": {"kind": "vq", "codebook_size": 8, "code_dim": 4}, "decoder": {"dim": 32, "layers": 1, "heads": 4}})
+    LatentActionModel(cfg).eval().save_pretrained(tmp_path / "model")
+    args = ["--dataset", str(ds), "gap.seconds=null", "gap.frames=2", "n_boot=10", "infonce_steps=200", "transfer_pairs=32", "cka_rounds=5"]
+    for name in ("a", "b"):
+        assert main(["eval", str(tmp_path / "model"), "--out", str(tmp_path / name / "eval"), *args]) == 0
+    m = json.loads((tmp_path / "a" / "eval" / "metrics.json").read_text())
+    metrics = {r["metric"] for r in m["records"]}
+    assert {"probe_nmse", "mi", "viewpoint_probe_accuracy", "crossview_token_agreement", "transfer_token_recovery", "cka"} <= metrics
+    for r in m["records"]:
+        if r.get("ci_low") is not None:
+            assert r["ci_low"] <= r["ci_high"] and np.isfinite(r["value"]), r
+    assert m["splits"]["test"]["episodes"] >= 1 and (tmp_path / "a" / "eval" / "plots" / "code_examples.png").stat().st_size > 1000
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| metric | a | b |" in md and "probe NMSE ridge onehot [test]" in md
+    assert (tmp_path / "rep" / "mi.png").is_file() and "<table>" in (tmp_path / "rep" / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "I(Z;A) knn_ross [test]" in capsys.readouterr().out
