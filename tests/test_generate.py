@@ -139,3 +139,18 @@ def test_render_mesh_lod_keeps_physics_and_pixels():
     before, after = simplify_visual_meshes(env.model, 0.004)
     assert before > 40000 and after < 0.6 * before
     env.close()
+
+
+def test_ood_episodes_form_their_own_split_with_their_own_seeds(tmp_path):
+    c = cfg(episodes=3, max_steps=12, cameras=["corner"], distractors="jitter", ood_distractors=["ood_light"], ood_episodes=2,
+            splits={"holdout_cameras": []})
+    generate(c, tmp_path / "ds")
+    ds = open_dataset(tmp_path / "ds")
+    meta = [e.metadata for e in ds.episodes]
+    assert [m["distractor_preset"] for m in meta] == ["jitter"] * 3 + ["ood_light"] * 2
+    assert len({m["key"] for m in meta}) == 5  # distinct episodes, distinct seeds
+    assert ds.splits["ood:ood_light"]["episodes"] == [3, 4]
+    in_dist = set(ds.splits["train"]["episodes"]) | set(ds.splits["val"]["episodes"]) | set(ds.splits["test"]["episodes"])
+    assert in_dist == {0, 1, 2}
+    with pytest.raises(Exception, match="not an OOD preset"):
+        from_dict(GenerateConfig, {"ood_distractors": ["jitter"], "ood_episodes": 1}).validate()

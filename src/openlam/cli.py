@@ -135,6 +135,14 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(a: argparse.Namespace) -> int:
+    from openlam.experiment import load_experiment, run_experiment
+
+    r = run_experiment(load_experiment(a.config, a.overrides))
+    print(f"experiment done in {r['wall_s'] / 60:.1f} min: results section in {r['results']}, full report {r['report']}")
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from openlam.bench.report import record
 
@@ -261,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help="print the evaluation metrics of runs as a table")
     cp.add_argument("runs", nargs="+", help="run folders (with eval/metrics.json) or eval folders")
     cp.set_defaults(fn=cmd_compare)
+
+    x = sub.add_parser("experiment", help="data -> train every arm x seed -> eval -> results section, one command (resumable)")
+    x.add_argument("config", help="e.g. configs/experiments/mvp_vs_lapa.yaml")
+    x.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. scale=gpu seeds=[0]")
+    x.set_defaults(fn=cmd_experiment)
 
     b = sub.add_parser("bench", help="throughput benchmarks, written to docs/benchmarks.md")
     b.add_argument("what", choices=["data", "generate", "train", "quality", "label"])

@@ -2,9 +2,10 @@
 Motion-Focused LAM protocol (seed 004, IV-C):
 
 1. Iterative domain-subspace stripping: a logistic-regression classifier predicts the domain from
-   the embedding (fit on half of the episodes, scored on the other half). While its held-out
-   accuracy is above chance (beyond a binomial 95% margin), the top principal direction of the
-   current embeddings is projected out, and the classifier is refit.
+   the embedding (fit on half of each domain's episodes, scored on the other half). While its
+   held-out accuracy is above chance (beyond a binomial 95% margin over held-out episode groups),
+   the top principal direction of the current embeddings is projected out, and the classifier is
+   refit.
 2. Token-centroid CKA: for every token (position k, code c) that occurs in both domains, a centroid
    of the stripped embeddings per domain; linear CKA between the two centroid matrices. Each of
    `rounds` bootstrap rounds draws half of each token's samples per domain (the paper: 50 rounds).
@@ -49,14 +50,23 @@ def _domain_accuracy(z: np.ndarray, domain: np.ndarray, fit: np.ndarray) -> floa
 
 
 def strip_domain(z: np.ndarray, domain: np.ndarray, episode: np.ndarray, max_remove: int | None = None, seed: int = 0) -> Stripping:
+    """The classifier is fit on half of each domain's episodes and scored on the other half. The
+    margin over chance counts held-out (episode, domain) groups, not rows: frames of one episode
+    are not independent trials, and a row-count margin would keep stripping action directions."""
     z = np.asarray(z, np.float64)
     z = (z - z.mean(0)) / np.where(z.std(0) > 1e-12, z.std(0), 1.0)
     rng = np.random.default_rng(seed)
-    eps = np.unique(episode)
-    fit = np.isin(episode, rng.choice(eps, max(1, len(eps) // 2), replace=False))
+    fit = np.zeros(len(z), bool)
+    groups = 0
+    for d in np.unique(domain):
+        eps = np.unique(episode[domain == d])
+        if len(eps) < 2:
+            raise ValueError(f"domain {d!r} has {len(eps)} episode(s); stripping needs >= 2 per domain (one to fit, one to score)")
+        fit |= (domain == d) & np.isin(episode, rng.choice(eps, len(eps) // 2, replace=False))
+        groups += len(eps) - len(eps) // 2
     held = domain[~fit]
     chance = float(np.max(np.unique(held, return_counts=True)[1]) / len(held))
-    margin = 1.96 * np.sqrt(chance * (1 - chance) / len(held))
+    margin = 1.96 * np.sqrt(chance * (1 - chance) / groups)
     limit = z.shape[1] - 1 if max_remove is None else min(max_remove, z.shape[1] - 1)
     accs = [_domain_accuracy(z, domain, fit)]
     removed = 0
@@ -106,7 +116,10 @@ def cka_alignment(z: np.ndarray, tokens: np.ndarray, domain: np.ndarray, episode
     names = sorted(set(domain.tolist()))
     if len(names) < 2:
         return []
-    strip = strip_domain(z, domain, episode, seed=seed)
+    try:
+        strip = strip_domain(z, domain, episode, seed=seed)
+    except ValueError as e:
+        return [{"metric": "cka", "domains": "|".join(map(str, names)), "value": None, "error": str(e)}]
     out = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:

@@ -126,7 +126,8 @@ class InfoNCECritic:
         zt = torch.as_tensor(z_train, dtype=torch.long).reshape(len(z_train), -1)
         K = zt.shape[1]
         a_tr = np.asarray(a_train, dtype=np.float32).reshape(len(a_train), -1)
-        self.mu, self.sd = a_tr.mean(0), a_tr.std(0) + 1e-6
+        sd = a_tr.std(0)
+        self.mu, self.sd = a_tr.mean(0), np.where(sd > 1e-12, sd, 1.0).astype(np.float32)
         at = torch.as_tensor((a_tr - self.mu) / self.sd)
         self.emb = torch.nn.Embedding(K * num_codes, 64)
         self.za = torch.nn.Sequential(torch.nn.Linear(64 * K, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))

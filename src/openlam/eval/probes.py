@@ -21,6 +21,13 @@ def one_hot_tokens(tokens: np.ndarray, codebook_size: int) -> np.ndarray:
     return out
 
 
+def safe_std(x: np.ndarray) -> np.ndarray:
+    """Column std for standardising, 1 where a column never varies in the fit data (a code never
+    used in train must not turn into a 1e6-scaled feature on held-out rows)."""
+    sd = np.asarray(x, np.float64).std(0)
+    return np.where(sd > 1e-12, sd, 1.0)
+
+
 def nmse(pred: np.ndarray, target: np.ndarray) -> float:
     var = target.var(0)
     var = np.where(var > 1e-12, var, 1.0)
@@ -81,8 +88,8 @@ def mlp_probe(x_train: np.ndarray, y_train: np.ndarray, groups: np.ndarray, x_te
     uniq = np.unique(groups)
     val_eps = set(rng.choice(uniq, max(1, len(uniq) // 5), replace=False).tolist()) if len(uniq) > 1 else set()
     is_val = np.array([g in val_eps for g in groups])
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
-    ym, ys = y_train.mean(0), y_train.std(0) + 1e-6
+    mu, sd = x_train.mean(0), safe_std(x_train)
+    ym, ys = y_train.mean(0), safe_std(y_train)
     tx = lambda a: torch.as_tensor((a - mu) / sd, dtype=torch.float32)  # noqa: E731
     xt, yt = tx(x_train[~is_val]), torch.as_tensor((y_train[~is_val] - ym) / ys, dtype=torch.float32)
     xv, yv = tx(x_train[is_val]), torch.as_tensor((y_train[is_val] - ym) / ys, dtype=torch.float32)

@@ -53,13 +53,15 @@ def key_rows(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
         elif k == "action_entropy_binned":
             rows[f"H(A binned) [{r['split']}] nats (plug-in ceiling)"] = r
         elif k == "viewpoint_probe_accuracy":
-            rows[f"viewpoint probe acc {r['features']} (chance {r['chance']:.2f})"] = r
+            rows[f"viewpoint probe acc {r['features']}"] = r
+            rows["viewpoint probe chance (majority camera)"] = {"value": r["chance"]}
         elif k.startswith("crossview_") and r.get("views") == "mean":
             rows[f"cross-view {k[len('crossview_'):].replace('_', ' ')} (mean over view pairs)"] = r
         elif k.startswith("transfer") and r.get("value") is not None:
             rows[k.replace("_", " ")] = r
-        elif k in ("cka", "cka_shuffled") and r.get("value") is not None:
-            rows[f"{k.replace('_', ' ')} {r['domain']}s {r['domains']} ({r['removed_dims']} dims stripped)"] = r
+        elif k in ("cka", "cka_shuffled"):
+            rows[f"{k.replace('_', ' ')} {r['domain']}s {r['domains']}"] = r
+            rows[f"cka {r['domain']}s {r['domains']}: dims stripped"] = {"value": r.get("removed_dims")}
     cb = m["codebook"]
     rows["codebook usage (share of codes used)"] = {"value": cb["usage"]}
     rows["codebook perplexity per token (mean)"] = {"value": sum(cb["perplexity_per_position"]) / len(cb["perplexity_per_position"])}
@@ -110,7 +112,7 @@ def _series(metrics: list[dict[str, Any]], names: list[str], groups: list[tuple[
     return {n: [find(m, w) for _, w in groups] for n, m in zip(names, metrics)}
 
 
-def _figures(metrics: list[dict[str, Any]], names: list[str], out: Path) -> list[tuple[str, str]]:
+def comparison_figures(metrics: list[dict[str, Any]], names: list[str], out: Path) -> list[tuple[str, str]]:
     """Bar charts with CIs across runs; dashed markers: permutation nulls (MI) and chance levels."""
     from openlam.eval.plots import bars_with_ci
 
@@ -150,7 +152,7 @@ def write_report(paths: list[Path], out: Path) -> Path:
         [n, m["dataset"], json.dumps(m["gap"]), str(m["codebook"]["num_pairs"]), f"{m['seconds']['total']:.0f}"] for n, m in zip(names, metrics)]))
     header, rows = comparison(metrics, names)
     blocks += [("h2", "Side by side"), ("table", [header] + rows)]
-    for title, f in _figures(metrics, names, out):
+    for title, f in comparison_figures(metrics, names, out):
         blocks += [("h2", title), ("img", f)]
     for n, m in zip(names, metrics):
         blocks.append(("h2", f"Run {n}"))

@@ -23,7 +23,7 @@ from openlam.data.pairs import GapConfig
 from openlam.errors import ConfigError, DataError
 from openlam.eval.codebook import codebook_stats
 from openlam.eval.mi import InfoNCECritic, _entropy_mm, bootstrap_ci, discretize_actions, knn_mi, permutation_null, plugin_mi
-from openlam.eval.probes import fit_ridge_cv, mlp_probe, nmse, one_hot_tokens
+from openlam.eval.probes import fit_ridge_cv, mlp_probe, nmse, one_hot_tokens, safe_std
 from openlam.eval.table import EvalTable, build_table
 
 
@@ -73,7 +73,7 @@ def evaluate(run: str | Path, dataset: str | Path | None = None, out: str | Path
     run = Path(run)
     mdir, _ = resolve_model(run)
     dataset = str(dataset) if dataset is not None else _run_dataset(run)
-    out = Path(out) if out is not None else (run / "eval" if (run / "model").is_dir() else Path("eval"))
+    out = Path(out) if out is not None else run / "eval"
     t0 = time.perf_counter()
     lcfg = LabelConfig(gap=cfg.gap, batch_size=cfg.batch_size, device=cfg.device)
     label(run, dataset, out / "labels", lcfg)
@@ -118,17 +118,18 @@ def metric_records(table: EvalTable, cfg: EvalConfig, model: Any = None, cache: 
     recs = probe_records(table, train, splits, cfg)
     recs += mi_records(table, train, splits, cfg)
     recs += viewpoint_records(table, train, splits, cfg)
-    test = table.rows("test") if "test" in splits else table.rows(splits[0])
+    held = "test" if "test" in splits else splits[0]  # cross-view and transfer: the in-distribution split when there is one
+    test = table.rows(held)
     from openlam.eval.crossview import cross_view
 
     if len(set(table.view[test].tolist())) > 1:
-        recs += [{**r, "split": "test"} for r in cross_view(table.episode[test], table.frame[test], table.view[test], table.tokens[test], C,
+        recs += [{**r, "split": held} for r in cross_view(table.episode[test], table.frame[test], table.view[test], table.tokens[test], C,
                                                             n_boot=cfg.n_boot, seed=cfg.seed)]
     if model is not None and cache is not None and cfg.transfer_pairs:
         from openlam.eval.transfer import transfer_consistency
 
         probe = fit_ridge_cv(one_hot_tokens(table.tokens[train], C), table.action[train], table.episode[train])
-        recs += [{**r, "split": "test"} for r in transfer_consistency(
+        recs += [{**r, "split": held} for r in transfer_consistency(
             model, cache, table.episode, table.frame, table.gap, table.view, table.tokens,
             lambda t: probe.predict(one_hot_tokens(t, C)), a_pool=test, n=cfg.transfer_pairs, n_boot=cfg.n_boot, seed=cfg.seed, device=device)]
     if cfg.cka_rounds and not cfg.align and len(set(table.view.tolist())) > 1:
@@ -141,7 +142,7 @@ def metric_records(table: EvalTable, cfg: EvalConfig, model: Any = None, cache: 
 
 
 def _sample_episodes(episode: np.ndarray, rows: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
-    """At most ~max_rows rows, keeping whole episodes (never a frame-level subsample)."""
+    """At most ~max_rows rows (but >= 2 episodes), keeping whole episodes (never a frame-level subsample)."""
     if len(rows) <= max_rows:
         return rows
     rng = np.random.default_rng(seed)
@@ -149,8 +150,8 @@ def _sample_episodes(episode: np.ndarray, rows: np.ndarray, max_rows: int, seed:
     keep, n = [], 0
     for e in eps:
         r = rows[episode[rows] == e]
-        if n and n + len(r) > max_rows:
-            break
+        if len(keep) >= 2 and n + len(r) > max_rows:
+            continue  # too large for what is left; a smaller episode may still fit
         keep.append(r)
         n += len(r)
     return np.sort(np.concatenate(keep))
@@ -221,7 +222,7 @@ def viewpoint_records(table: EvalTable, train: np.ndarray, splits: list[str], cf
     chance = float(np.max(np.unique(table.view[test], return_counts=True)[1]) / len(test))
     recs = []
     for fname, x in {"onehot": one_hot_tokens(table.tokens, table.codebook_size), "continuous": table.z}.items():
-        mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
+        mu, sd = x[train].mean(0), safe_std(x[train])
         clf = LogisticRegression(max_iter=1000).fit((x[train] - mu) / sd, views_train)
         pred = clf.predict((x[test] - mu) / sd)
         ok = (pred == table.view[test]).astype(np.float64)
@@ -244,7 +245,7 @@ def _align_datasets(run: Path, dataset: str, table: EvalTable, out: Path, cfg: E
         import json
 
         other_cache = FrameCache(json.loads((ldir / "labels.json").read_text())["cache"])
-        sets.append((f"{i}-{Path(d).name}", build_table(ldir, other_cache)))
+        sets.append((f"{i}-{Path(d).name}", build_table(ldir, other_cache, require_actions=False)))
     for j, (name, t) in enumerate(sets):
         rows = _sample_episodes(t.episode, np.arange(len(t)), cfg.cka_max_rows // len(sets), cfg.seed)
         zs.append(t.z[rows])

@@ -42,9 +42,10 @@ class EvalTable:
         return [s for s in names if s in self.splits and self.splits[s].any()]
 
 
-def build_table(labels_dir: str | Path, cache: FrameCache) -> EvalTable:
+def build_table(labels_dir: str | Path, cache: FrameCache, require_actions: bool = True) -> EvalTable:
+    """require_actions=False: datasets used only for alignment (e.g. human video) get (N, 0) actions."""
     meta, t = load_labels(labels_dir)
-    if cache.action_space is None:
+    if cache.action_space is None and require_actions:
         raise DataError(cache.path / "cache.json", "action_space", "a dataset with actions (evaluation compares latents to real actions)", "none")
     ep = t.column("episode").to_numpy().astype(np.int64)
     if len(ep) and ep.max() >= len(cache.episodes):
@@ -58,10 +59,13 @@ def build_table(labels_dir: str | Path, cache: FrameCache) -> EvalTable:
     zc = t.column("z_cont").combine_chunks()
     z = np.asarray(zc.flatten(), dtype=np.float32).reshape(len(ep), -1)
     starts = np.array([e["start"] for e in cache.episodes], dtype=np.int64)
-    acts = np.asarray(cache.actions(), dtype=np.float64)
-    cum = np.concatenate([np.zeros((1, acts.shape[1])), np.cumsum(acts, 0)])
-    delta = np.array([k == "delta" for k in cache.action_space.kinds])
-    action = action_targets(cum, acts, starts[ep] + frame, gap, delta)
+    if cache.action_space is not None:
+        acts = np.asarray(cache.actions(), dtype=np.float64)
+        cum = np.concatenate([np.zeros((1, acts.shape[1])), np.cumsum(acts, 0)])
+        delta = np.array([k == "delta" for k in cache.action_space.kinds])
+        action = action_targets(cum, acts, starts[ep] + frame, gap, delta)
+    else:
+        action = np.zeros((len(ep), 0), np.float32)
     tasks = np.array([str(e["metadata"].get("task", e["language"])) for e in cache.episodes], dtype=object)
     splits = {}
     for name, sp in cache.splits.items():

@@ -42,6 +42,17 @@ class LAMOutput:
     quant: QuantOut
 
 
+@dataclass
+class PairEncoding:
+    """What one pass of the encoder gives: the latent action, the decoder's context (from o_t) and
+    both frames in target space (pixels or normalised features). `predict` combines a context
+    with any latent action: the latent of another view (MVP-LAM) or of another pair (CycleMimic)."""
+
+    quant: QuantOut
+    context: torch.Tensor
+    space: torch.Tensor  # (B, 2, ...) target space of (o_t, o_t+H)
+
+
 def normalize(frames: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1]."""
     return frames.float().div_(127.5).sub_(1.0)
@@ -91,11 +102,17 @@ class LatentActionModel(nn.Module):
 
     def forward(self, pair: torch.Tensor) -> LAMOutput:
         """pair: (B, 2, 3, S, S) float in [-1, 1] -> prediction of o_t+H, its target, the codes."""
+        enc = self.encode_pair(pair)
+        return LAMOutput(self.predict(enc, enc.quant.z_q), enc.space[:, 1], enc.quant)
+
+    def encode_pair(self, pair: torch.Tensor) -> PairEncoding:
         feats = self.encoder.features(pair) if self.uses_backbone else None
         tokens, ctx = self.encoder(pair, feats) if self.uses_backbone else self.encoder(pair)
-        space = self._target_space(pair, feats)
-        quant = self._quantize(tokens)
-        return LAMOutput(self._predict(ctx, quant.z_q, space[:, 0]), space[:, 1], quant)
+        return PairEncoding(self._quantize(tokens), ctx, self._target_space(pair, feats))
+
+    def predict(self, enc: PairEncoding, z_q: torch.Tensor) -> torch.Tensor:
+        """Prediction of o_t+H from enc's o_t (context) and the quantized latent z_q (B, K, D)."""
+        return self._predict(enc.context, z_q, enc.space[:, 0])
 
     def _quantize(self, tokens: torch.Tensor) -> QuantOut:
         """Nearest-code search and codebook statistics in fp32, outside any autocast region

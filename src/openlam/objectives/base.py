@@ -53,9 +53,10 @@ class Composite(nn.Module):
 
 def build_objective(cfgs: list[ObjectiveConfig]) -> Composite:
     from openlam.config import from_dict
+    from openlam.objectives.cross_view import CrossView, CrossViewConfig
     from openlam.objectives.reconstruction import Reconstruction, ReconstructionConfig
 
-    registry = {"reconstruction": (Reconstruction, ReconstructionConfig)}
+    registry = {"reconstruction": (Reconstruction, ReconstructionConfig), "cross_view": (CrossView, CrossViewConfig)}
     if not cfgs:
         raise ConfigError("objectives: need at least one objective")
     parts = []

@@ -35,6 +35,10 @@ class GenerateConfig:
     cameras: list[str] = field(default_factory=lambda: ["corner", "corner2", "corner3"])
     size: int = 64
     distractors: str = "none"  # preset name, see openlam.sim.distractors.PRESETS
+    # extra episodes per task recorded with each of these OOD presets, in the same dataset: they
+    # form the splits `ood:<preset>` (never trained on)
+    ood_distractors: list[str] = field(default_factory=list)
+    ood_episodes: int = 0
     action_noise: float = 0.0  # std of temporally correlated noise added to the xyz commands
     noise_correlation: float = 0.8  # AR(1) coefficient of that noise (0: white)
     max_steps: int = 200
@@ -55,6 +59,12 @@ class GenerateConfig:
 
         if self.distractors not in PRESETS:
             raise ConfigError(f"config key 'distractors': '{self.distractors}' is not a preset; choose one of {sorted(PRESETS)}")
+        for p in self.ood_distractors:
+            if p not in PRESETS or PRESETS[p].role != "ood":
+                raise ConfigError(f"config key 'ood_distractors': '{p}' is not an OOD preset; choose among "
+                                  f"{sorted(k for k, v in PRESETS.items() if v.role == 'ood')}")
+        if bool(self.ood_distractors) != (self.ood_episodes > 0):
+            raise ConfigError("generate: ood_distractors and ood_episodes > 0 go together")
         if self.episodes < 1 or self.size < 16 or self.max_steps < 2 or self.workers < 1:
             raise ConfigError("generate: need episodes >= 1, size >= 16, max_steps >= 2, workers >= 1")
         if not self.tasks or not self.cameras:
@@ -215,6 +225,9 @@ def generate(cfg: GenerateConfig, out: str | Path, overwrite: bool = False, show
     if bad:
         raise ConfigError(f"unknown Meta-World task(s) {bad}; known: {', '.join(known)}")
     jobs = [(task, i, to_dict(cfg)) for task in cfg.tasks for i in range(cfg.episodes)]
+    for j, p in enumerate(cfg.ood_distractors):  # episode numbers after the in-distribution ones: own seeds and keys
+        ood = to_dict(cfg) | {"distractors": p, "ood_distractors": [], "ood_episodes": 0}
+        jobs += [(task, cfg.episodes + j * cfg.ood_episodes + i, ood) for task in cfg.tasks for i in range(cfg.ood_episodes)]
     stats: dict[str, Any] = {"episodes": 0, "steps": 0, "successes": 0, "attempts": 0, "rollout_s": 0.0}
     t0 = time.perf_counter()
 

@@ -216,8 +216,9 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
         restarted.zero_()
         for k, c in counts.items():
             p = c / c.sum().clamp_min(1)
-            scal[f"codebook/{k.split('/')[0]}_perplexity"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item())
-            scal[f"codebook/{k.split('/')[0]}_codes_in_window"] = float((c > 0).float().mean().item())
+            name = k.rsplit("/", 1)[0].replace("/", "_")  # recon/code_counts -> recon, mvp/corner/code_counts -> mvp_corner
+            scal[f"codebook/{name}_perplexity"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item())
+            scal[f"codebook/{name}_codes_in_window"] = float((c > 0).float().mean().item())
         log.scalars(step, scal)
         log.progress(step, mean["loss"], sps)
         if usage < cfg.model.quantizer.collapse_threshold:

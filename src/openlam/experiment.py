@@ -1,0 +1,181 @@
+"""`openlam experiment CONFIG [scale=gpu] [KEY=VALUE ...]`: one command from data to a results
+section. Generates the dataset (or reuses it when its generator config is unchanged), caches it
+once, trains every arm with every seed on it (same data, same steps), evaluates each run, and
+writes a table (mean +- sd over seeds, per-seed values with CIs), bar charts with CIs and the wall
+time into a section of docs/results.md, plus a full side-by-side report in <out>/report.
+
+Resumable: a finished run (summary.json) or evaluation (eval/metrics.json) is not redone; a run
+killed mid-training continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from openlam.config import apply_overrides, from_dict, load_config, to_dict
+from openlam.errors import ConfigError
+from openlam.eval.suite import EvalConfig
+from openlam.sim.generate import GenerateConfig
+
+
+@dataclass
+class ArmConfig:
+    name: str = "arm"
+    config: str = "configs/lapa_tiny.yaml"  # a TrainConfig YAML
+    overrides: list[str] = field(default_factory=list)  # KEY=VALUE on that TrainConfig
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    question: str = ""  # one line: what the experiment tests (goes into the results section)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    arms: list[ArmConfig] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    train: list[str] = field(default_factory=list)  # KEY=VALUE on every arm's TrainConfig (steps, batch size ...)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out: str = "runs/experiment"
+    results: str = "docs/results.md"
+    figures: str = "docs/figures"  # bar charts go to <figures>/<name>/
+    scale: str = "cpu"  # selects `scales[scale]`: KEY=VALUE overrides of this config
+    scales: dict[str, list[str]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if len(self.arms) < 1 or not self.seeds:
+            raise ConfigError("experiment: need at least one arm and one seed")
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"experiment: arm names must be unique, got {names}")
+
+
+def load_experiment(path: str | Path, overrides: list[str]) -> ExperimentConfig:
+    """The YAML, then its `scales[scale]` overrides, then the command line's."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = apply_overrides(data, overrides)
+    scale = data.get("scale", "cpu")
+    if scale != "cpu" or scale in data.get("scales", {}):
+        if scale not in data.get("scales", {}):
+            raise ConfigError(f"{path}: scale '{scale}' not in scales {sorted(data.get('scales', {}))}")
+        data = apply_overrides(apply_overrides(data, data["scales"][scale]), overrides)
+    cfg = from_dict(ExperimentConfig, data)
+    cfg.validate()
+    return cfg
+
+
+def _data(cfg: ExperimentConfig, out: Path) -> tuple[Path, Path, float]:
+    from openlam.data.cache import CacheConfig, build_cache
+    from openlam.sim.generate import generate
+
+    data, cache, t0 = out / "data", out / "cache", time.perf_counter()
+    stamp = out / "data_config.json"
+    want = to_dict(cfg.generate)
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == want and (data / "meta" / "info.json").is_file()):
+        generate(cfg.generate, data, overwrite=True)
+        from openlam.artifacts import atomic_write_json
+
+        atomic_write_json(stamp, want)
+        if cache.exists():
+            import shutil
+
+            shutil.rmtree(cache)
+    if not (cache / "cache.json").is_file():
+        build_cache(data, cache, CacheConfig(size=cfg.generate.size))
+    return data, cache, time.perf_counter() - t0
+
+
+def _train_and_eval(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Path, out: Path) -> tuple[Path, float, float]:
+    from openlam.eval.suite import evaluate
+    from openlam.train import checkpoint
+    from openlam.train.config import TrainConfig
+    from openlam.train.trainer import train
+
+    run = out / "runs" / f"{arm.name}-s{seed}"
+    t0 = time.perf_counter()
+    if not (run / "summary.json").is_file():
+        tcfg = load_config(TrainConfig, arm.config, [*cfg.train, *arm.overrides, f"data.cache={cache}", "data.dataset=null",
+                                                     f"out={run}", f"seed={seed}"])
+        train(tcfg, resume=checkpoint.latest(run) is not None)
+    t1 = time.perf_counter()
+    if not (run / "eval" / "metrics.json").is_file():
+        evaluate(run, cfg=from_dict(EvalConfig, to_dict(cfg.eval)))
+    return run, t1 - t0, time.perf_counter() - t1
+
+
+def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
+    from openlam.eval.report import load_metrics, write_report
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data, cache, data_s = _data(cfg, out)
+    runs: dict[str, list[Path]] = {a.name: [] for a in cfg.arms}
+    timing: dict[str, list[tuple[float, float]]] = {a.name: [] for a in cfg.arms}
+    for seed in cfg.seeds:
+        for arm in cfg.arms:
+            run, tr, ev = _train_and_eval(cfg, arm, seed, cache, out)
+            runs[arm.name].append(run)
+            timing[arm.name].append((tr, ev))
+    all_runs = [r for a in cfg.arms for r in runs[a.name]]
+    write_report(all_runs, out / "report")
+    metrics = {a.name: [load_metrics(r) for r in runs[a.name]] for a in cfg.arms}
+    wall = time.perf_counter() - t0
+    section = results_section(cfg, metrics, all_runs, data_s, timing, wall)
+    from openlam.bench.report import record_section
+
+    record_section(f"experiment: {cfg.name} ({cfg.scale})", section, path=cfg.results)
+    return {"out": str(out), "report": str(out / "report" / "report.md"), "results": cfg.results, "wall_s": wall}
+
+
+def results_section(cfg: ExperimentConfig, metrics: dict[str, list[dict[str, Any]]], all_runs: list[Path], data_s: float,
+                    timing: dict[str, list[tuple[float, float]]], wall: float) -> str:
+    from openlam.eval.report import comparison_figures, fmt, key_rows
+
+    arms = list(metrics)
+    rows_by_arm = {a: [key_rows(m) for m in metrics[a]] for a in arms}
+    labels: list[str] = []
+    for a in arms:
+        for kr in rows_by_arm[a]:
+            labels += [k for k in kr if k not in labels]
+    lines = [f"| metric | {' | '.join(f'{a} (mean ± sd over {len(metrics[a])} seeds)' for a in arms)} | "
+             + " | ".join(f"{a} s{s}" for a in arms for s in cfg.seeds) + " |",
+             "|---|" + "---|" * (len(arms) + sum(len(metrics[a]) for a in arms))]
+    for lab in labels:
+        cells = []
+        for a in arms:
+            vals = [kr[lab]["value"] for kr in rows_by_arm[a] if lab in kr and isinstance(kr[lab].get("value"), (int, float))]
+            cells.append(f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.3f}" if vals else "–")
+        per_seed = [fmt(kr.get(lab)) for a in arms for kr in rows_by_arm[a]]
+        lines.append(f"| {lab} | " + " | ".join(cells + per_seed) + " |")
+    fig_dir = Path(cfg.figures) / cfg.name
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    names = [f"{a}-s{s}" for a in arms for s in cfg.seeds]
+    figs = comparison_figures([m for a in arms for m in metrics[a]], names, fig_dir)
+    train_s = {a: [t for t, _ in timing[a]] for a in arms}
+    gen = cfg.generate
+    ood = [s for s in metrics[arms[0]][0]["splits"] if s.startswith("ood")]
+    body = [
+        f"Question: {cfg.question}" if cfg.question else "",
+        "",
+        f"Data: Meta-World {', '.join(gen.tasks)}; {gen.episodes} episodes per task, cameras {', '.join(gen.cameras)} at {gen.size} px, "
+        f"distractors `{gen.distractors}`, action noise {gen.action_noise}; OOD: {', '.join(ood) or 'none'} "
+        f"(held-out cameras: {', '.join(gen.splits.holdout_cameras) or 'none'}). Arms: "
+        + "; ".join(f"**{a.name}** = `{a.config}` {' '.join(a.overrides)}".rstrip() for a in cfg.arms)
+        + f"; common overrides: `{' '.join(cfg.train)}`; seeds {cfg.seeds}.",
+        "",
+        f"Wall time: {wall / 60:.1f} min in total (data {data_s / 60:.1f} min; training per run: "
+        + ", ".join(f"{a} {np.mean(train_s[a]) / 60:.1f} min" for a in arms) + "). "
+        f"Full side-by-side report: `{Path(cfg.out) / 'report' / 'report.md'}`.",
+        "",
+        "\n".join(lines),
+        "",
+    ]
+    for title, f in figs:
+        body += [f"![{title}]({Path('figures') / cfg.name / f})", ""]
+    return "\n".join(body)
