@@ -67,3 +67,23 @@ def test_episode_resampling_intervals_cover_the_truth():
     zc, ac, truec = channel(6000, 0.6, seed=2)
     est = bootstrap_ci(lambda rows: plugin_mi(zc[rows], ac[rows], a_discrete=True), np.repeat(np.arange(60), 100), n_boot=50)
     assert est.low <= truec <= est.high and est.high - est.low < 0.15
+
+
+def test_episode_shuffle_null_separates_episode_identity_from_action_information():
+    """z names the episode and a is an episode-specific constant + noise: a row permutation says
+    "dependent", the episode-shuffle null is just as high (the MI is episode identity). When z
+    quantizes a itself, the episode-shuffle null collapses."""
+    from openlam.eval.mi import episode_shuffle_null, permutation_null
+
+    rng = np.random.default_rng(0)
+    E, T = 12, 60
+    ep, fr = np.repeat(np.arange(E), T), np.tile(np.arange(T), E)
+    a_ep = (rng.standard_normal(E) * 3)[ep] + 0.3 * rng.standard_normal(E * T)
+    z_id = ep % 8
+    est = lambda z, a: knn_mi(z, a)  # noqa: E731
+    full = est(z_id, a_ep)
+    assert full > 1.0 and permutation_null(est, z_id, a_ep) < 0.05
+    assert episode_shuffle_null(est, z_id, a_ep, ep, fr) > 0.6 * full
+    a = rng.standard_normal(E * T)
+    z_act = np.digitize(a, [-1, 0, 1])
+    assert est(z_act, a) > 1.0 and episode_shuffle_null(est, z_act, a, ep, fr) < 0.05

@@ -107,9 +107,11 @@ def test_resume_after_kill_is_exact(squares, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_ddp_two_processes_match_single_process(squares, tmp_path):
-    """With NSVQ noise and dead-code restarts too: both must use the global batch's randomness."""
-    kw = {"steps": 12, "ckpt_every": 12, "log_every": 4, "batch_size": 16,
+@pytest.mark.parametrize("objective", ["reconstruction", "cross_view"])
+def test_ddp_two_processes_match_single_process(squares, tmp_path, objective):
+    """With NSVQ noise and dead-code restarts too: both must use the global batch's randomness.
+    cross_view (MVP-LAM) goes through DDP's forward with its partner-row predictions."""
+    kw = {"steps": 12, "ckpt_every": 12, "log_every": 4, "batch_size": 16, "objectives": [{"kind": objective}],
           "model.quantizer.kind": "nsvq", "model.quantizer.restart_every": 4, "model.quantizer.restart_threshold": 0.5}
     single = _cli_train(cfg_dict(squares, tmp_path / "one", **kw), tmp_path)
     assert single.wait(300) == 0, single.stdout.read()

@@ -66,46 +66,69 @@ def load_experiment(path: str | Path, overrides: list[str]) -> ExperimentConfig:
         data = apply_overrides(apply_overrides(data, data["scales"][scale]), overrides)
     cfg = from_dict(ExperimentConfig, data)
     cfg.validate()
+    for arm in cfg.arms:  # every arm's config is checked now, not after hours of data generation
+        _train_config(cfg, arm, 0, Path("cache"), Path(cfg.out))
     return cfg
+
+
+def _train_config(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Path, out: Path) -> Any:
+    from openlam.train.config import TrainConfig
+
+    t = load_config(TrainConfig, arm.config, [*cfg.train, *arm.overrides, f"data.cache={cache}", "data.dataset=null",
+                                              f"out={out / 'runs' / f'{arm.name}-s{seed}'}", f"seed={seed}"])
+    t.validate()
+    return t
 
 
 def _data(cfg: ExperimentConfig, out: Path) -> tuple[Path, Path, float]:
     from openlam.data.cache import CacheConfig, build_cache
     from openlam.sim.generate import generate
 
+    import shutil
+
+    from openlam.artifacts import atomic_write_json
+
     data, cache, t0 = out / "data", out / "cache", time.perf_counter()
     stamp = out / "data_config.json"
     want = to_dict(cfg.generate)
     if not (stamp.is_file() and json.loads(stamp.read_text()) == want and (data / "meta" / "info.json").is_file()):
+        # new data: everything derived from the old data goes first, the stamp is written last
+        stamp.unlink(missing_ok=True)
+        for stale in (cache, out / "runs"):
+            if stale.exists():
+                print(f"experiment: the data config changed; removing {stale} (made from the old data)")
+                shutil.rmtree(stale)
         generate(cfg.generate, data, overwrite=True)
-        from openlam.artifacts import atomic_write_json
-
         atomic_write_json(stamp, want)
-        if cache.exists():
-            import shutil
-
-            shutil.rmtree(cache)
     if not (cache / "cache.json").is_file():
-        build_cache(data, cache, CacheConfig(size=cfg.generate.size))
+        build_cache(data, cache, CacheConfig(size=cfg.generate.size), overwrite=cache.exists())
     return data, cache, time.perf_counter() - t0
 
 
 def _train_and_eval(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Path, out: Path) -> tuple[Path, float, float]:
+    """Train (or resume, or reuse a finished run made from the same config) and evaluate one run.
+    Returns the run folder, its training time and its evaluation time (from their own records)."""
+    from openlam.artifacts import atomic_write_json
+    from openlam.errors import OpenLAMError
     from openlam.eval.suite import evaluate
     from openlam.train import checkpoint
-    from openlam.train.config import TrainConfig
     from openlam.train.trainer import train
 
-    run = out / "runs" / f"{arm.name}-s{seed}"
-    t0 = time.perf_counter()
+    tcfg = _train_config(cfg, arm, seed, cache, out)
+    run = Path(tcfg.out)
+    key_path, key = run / "experiment_run.json", {"train": to_dict(tcfg), "data": to_dict(cfg.generate)}
+    if key_path.is_file() and json.loads(key_path.read_text()) != key:
+        raise OpenLAMError(f"{run}: made by another experiment config (see {key_path}); remove it or choose another out")
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(key_path, key)
     if not (run / "summary.json").is_file():
-        tcfg = load_config(TrainConfig, arm.config, [*cfg.train, *arm.overrides, f"data.cache={cache}", "data.dataset=null",
-                                                     f"out={run}", f"seed={seed}"])
         train(tcfg, resume=checkpoint.latest(run) is not None)
-    t1 = time.perf_counter()
-    if not (run / "eval" / "metrics.json").is_file():
-        evaluate(run, cfg=from_dict(EvalConfig, to_dict(cfg.eval)))
-    return run, t1 - t0, time.perf_counter() - t1
+    metrics = run / "eval" / "metrics.json"
+    ecfg = from_dict(EvalConfig, to_dict(cfg.eval))
+    if not metrics.is_file() or json.loads(metrics.read_text()).get("config") != to_dict(ecfg):
+        evaluate(run, cfg=ecfg)
+    train_s = float(json.loads((run / "summary.json").read_text()).get("train_time_s", 0.0))
+    return run, train_s, float(json.loads(metrics.read_text())["seconds"]["total"])
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -152,12 +175,16 @@ def results_section(cfg: ExperimentConfig, metrics: dict[str, list[dict[str, Any
             vals = [kr[lab]["value"] for kr in rows_by_arm[a] if lab in kr and isinstance(kr[lab].get("value"), (int, float))]
             cells.append(f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.3f}" if vals else "–")
         per_seed = [fmt(kr.get(lab)) for a in arms for kr in rows_by_arm[a]]
-        lines.append(f"| {lab} | " + " | ".join(cells + per_seed) + " |")
-    fig_dir = Path(cfg.figures) / cfg.name
+        lines.append(f"| {lab.replace('|', chr(92) + '|')} | " + " | ".join(cells + per_seed) + " |")
+    import os
+
+    fig_dir = Path(cfg.figures) / cfg.name / cfg.scale
     fig_dir.mkdir(parents=True, exist_ok=True)
+    rel = Path(os.path.relpath(fig_dir, Path(cfg.results).parent))
     names = [f"{a}-s{s}" for a in arms for s in cfg.seeds]
     figs = comparison_figures([m for a in arms for m in metrics[a]], names, fig_dir)
     train_s = {a: [t for t, _ in timing[a]] for a in arms}
+    eval_s = [e for a in arms for _, e in timing[a]]
     gen = cfg.generate
     ood = [s for s in metrics[arms[0]][0]["splits"] if s.startswith("ood")]
     body = [
@@ -169,13 +196,14 @@ def results_section(cfg: ExperimentConfig, metrics: dict[str, list[dict[str, Any
         + "; ".join(f"**{a.name}** = `{a.config}` {' '.join(a.overrides)}".rstrip() for a in cfg.arms)
         + f"; common overrides: `{' '.join(cfg.train)}`; seeds {cfg.seeds}.",
         "",
-        f"Wall time: {wall / 60:.1f} min in total (data {data_s / 60:.1f} min; training per run: "
-        + ", ".join(f"{a} {np.mean(train_s[a]) / 60:.1f} min" for a in arms) + "). "
+        f"Wall time of this invocation: {wall / 60:.1f} min (data {data_s / 60:.1f} min). Training time per run, from each "
+        "run's summary.json: " + ", ".join(f"{a} {np.mean(train_s[a]) / 60:.1f} min" for a in arms)
+        + f"; evaluation per run {np.mean(eval_s) / 60:.1f} min. "
         f"Full side-by-side report: `{Path(cfg.out) / 'report' / 'report.md'}`.",
         "",
         "\n".join(lines),
         "",
     ]
     for title, f in figs:
-        body += [f"![{title}]({Path('figures') / cfg.name / f})", ""]
+        body += [f"![{title}]({rel / f})", ""]
     return "\n".join(body)

@@ -64,6 +64,7 @@ class PairBatch:
     t: torch.Tensor
     gap: torch.Tensor
     views: list[str] = field(default_factory=list)
+    key: int = 0  # host-side hash of the pairs (seed for per-batch randomness without a device sync)
 
     def __len__(self) -> int:
         return int(self.episode.shape[0])
@@ -73,7 +74,7 @@ class PairBatch:
         return PairBatch(
             mv(self.frames), mv(self.masks),
             None if self.action is None else self.action.to(device, non_blocking=non_blocking),
-            self.language, self.episode.to(device), self.t.to(device), self.gap.to(device), self.views,
+            self.language, self.episode.to(device), self.t.to(device), self.gap.to(device), self.views, self.key,
         )
 
 
@@ -196,6 +197,7 @@ class PairDataset(torch.utils.data.Dataset):
             language=[self._lang[e] for e in self._ep[idx]],
             episode=torch.from_numpy(self._ep[idx]), t=torch.from_numpy(self._t[idx]),
             gap=torch.from_numpy(gap), views=list(self.views),
+            key=int(np.bitwise_xor.reduce(_splitmix64(virtual.astype(np.uint64) ^ np.uint64(self.seed))) & np.uint64(0x7FFFFFFF)),
         )
 
     def __getitem__(self, i: int) -> PairBatch:

@@ -240,3 +240,31 @@ def per_position_mi(zu: np.ndarray, zv: np.ndarray) -> float:
     """Mean over token positions k of I(Z_u[k]; Z_v[k]) (plug-in, Miller-Madow): a C x C table
     per position stays well sampled where the joint over whole tuples would not."""
     return float(np.mean([plugin_mi(zu[:, k], zv[:, k], a_discrete=True) for k in range(zu.shape[1])]))
+
+
+def episode_shuffle_null(fn: Callable[[np.ndarray, np.ndarray], float], z: np.ndarray, a: np.ndarray, episode: np.ndarray,
+                         frame: np.ndarray, view: np.ndarray | None = None, n: int = 5, seed: int = 0) -> float | None:
+    """Mean of an estimator when each episode's latents are paired with *another* episode's actions
+    at the same frame index (and view): every within-episode structure (temporal autocorrelation,
+    what identifies an episode) survives, only the pairing of a latent with its own action is cut.
+    An in-sample estimate near this null says the latent tells which episode / moment it is, not
+    which action was taken. None with fewer than 2 episodes."""
+    eps = np.unique(episode)
+    if len(eps) < 2:
+        return None
+    vid = np.unique(view if view is not None else np.zeros(len(z)), return_inverse=True)[1].reshape(-1)
+    F, V = int(frame.max()) + 1, int(vid.max()) + 1
+    ep_idx = np.searchsorted(eps, episode)
+    key = (ep_idx * F + frame) * V + vid
+    order = np.argsort(key)
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n):
+        shuffled = rng.permutation(len(eps))
+        partner = np.empty(len(eps), np.int64)
+        partner[shuffled] = np.roll(shuffled, -1)  # a cyclic relabelling: no episode keeps its own actions
+        want = (partner[ep_idx] * F + frame) * V + vid
+        pos = np.clip(np.searchsorted(key[order], want), 0, len(key) - 1)
+        hit = key[order][pos] == want
+        vals.append(fn(z[hit], a[order][pos][hit]))
+    return float(np.mean(vals))

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import html
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from openlam.artifacts import atomic_write_text
+from openlam.artifacts import atomic_write_bytes, atomic_write_text
 from openlam.errors import OpenLAMError
 
 
 def load_metrics(path: Path) -> dict[str, Any]:
     for p in (path / "eval" / "metrics.json", path / "metrics.json", path):
         if p.is_file():
-            m = json.loads(p.read_text())
+            try:
+                m = json.loads(p.read_text())
+            except json.JSONDecodeError as e:
+                raise OpenLAMError(f"{p}: not valid JSON ({e}); re-run `openlam eval`") from e
+            missing = [k for k in ("records", "codebook", "splits", "dataset", "gap", "seconds") if k not in m]
+            if missing:
+                raise OpenLAMError(f"{p}: missing keys {missing}; expected a metrics.json written by `openlam eval`")
             m["_dir"] = str(p.parent)
             return m
     raise OpenLAMError(f"{path}: no eval/metrics.json or metrics.json; run `openlam eval {path}` first")
@@ -50,6 +55,7 @@ def key_rows(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
         elif k == "mi":
             rows[f"I(Z;A) {r['estimator']} [{r['split']}] nats"] = r
             rows[f"I(Z;A) {r['estimator']} [{r['split']}] permutation null"] = {"value": r.get("null")}
+            rows[f"I(Z;A) {r['estimator']} [{r['split']}] episode-shuffle null"] = {"value": r.get("null_episode")}
         elif k == "action_entropy_binned":
             rows[f"H(A binned) [{r['split']}] nats (plug-in ceiling)"] = r
         elif k == "viewpoint_probe_accuracy":
@@ -146,8 +152,10 @@ def write_report(paths: list[Path], out: Path) -> Path:
     names = run_names(paths)
     out.mkdir(parents=True, exist_ok=True)
     blocks: list[tuple[str, Any]] = [("h1", "Latent action evaluation report")]
-    blocks.append(("p", "Every number is a value with its 95% confidence interval over episodes (docs/metrics.md has the exact "
-                        "definitions). Probes and the InfoNCE critic are fit on train episodes and scored on held-out ones."))
+    blocks.append(("p", "Values carry [95% interval] where one is defined: resampled over episodes for probes, MI, viewpoint, "
+                        "cross-view pairs and transfer; over half-sample rounds of token centroids for CKA (value = mean over "
+                        "rounds). Nulls, chance levels and codebook counts have none. docs/metrics.md has the exact definitions. "
+                        "Probes and the InfoNCE critic are fit on train episodes and scored on held-out ones."))
     blocks.append(("table", [["run", "dataset", "gap", "labelled pairs", "eval seconds"]] + [
         [n, m["dataset"], json.dumps(m["gap"]), str(m["codebook"]["num_pairs"]), f"{m['seconds']['total']:.0f}"] for n, m in zip(names, metrics)]))
     header, rows = comparison(metrics, names)
@@ -166,7 +174,7 @@ def write_report(paths: list[Path], out: Path) -> Path:
             if (src / f).is_file():
                 dst = Path("runs") / n.replace("/", "_") / f
                 (out / dst).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src / f, out / dst)
+                atomic_write_bytes(out / dst, (src / f).read_bytes())
                 blocks.append(("img", str(dst)))
     md = out / "report.md"
     atomic_write_text(md, _markdown(blocks))

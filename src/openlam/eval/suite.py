@@ -22,7 +22,7 @@ from openlam.data.cache import FrameCache
 from openlam.data.pairs import GapConfig
 from openlam.errors import ConfigError, DataError
 from openlam.eval.codebook import codebook_stats
-from openlam.eval.mi import InfoNCECritic, _entropy_mm, bootstrap_ci, discretize_actions, knn_mi, permutation_null, plugin_mi
+from openlam.eval.mi import InfoNCECritic, _entropy_mm, bootstrap_ci, discretize_actions, episode_shuffle_null, knn_mi, permutation_null, plugin_mi
 from openlam.eval.probes import fit_ridge_cv, mlp_probe, nmse, one_hot_tokens, safe_std
 from openlam.eval.table import EvalTable, build_table
 
@@ -199,7 +199,8 @@ def mi_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: Eval
         for name, est in estimators.items():
             recs.append({"metric": "mi", "split": s, "estimator": name, "n": int(len(r)), "ci_method": "half",
                          **_ci(lambda i, est=est, zr=zr, ar=ar: est(zr[i], ar[i]), g[r], cfg, "half"),
-                         "null": permutation_null(est, zr, ar, seed=cfg.seed)})
+                         "null": permutation_null(est, zr, ar, seed=cfg.seed),
+                         "null_episode": episode_shuffle_null(est, zr, ar, g[r], table.frame[r], table.view[r], seed=cfg.seed)})
         # the plug-in estimate's ceiling: the entropy of the binned action target
         h = _entropy_mm(np.bincount(discretize_actions(ar, cfg.plugin_bins)))
         recs.append({"metric": "action_entropy_binned", "split": s, "estimator": "plugin_mm", "n": int(len(r)), "value": h})

@@ -3,6 +3,8 @@
     model.encode(o_t, o_tH) -> QuantOut (indices = latent action, z_cont = continuous embedding)
     model.decode(o_t, tokens_or_quant) -> prediction of o_t+H (pixels (B,3,S,S) or features (B,N,F))
     model(pair) -> LAMOutput(pred, target, quant)
+    model(pair, swaps=[idx]) -> also predictions of row i's o_t+H from row i's o_t and row idx[i]'s
+        latent (cross-view, cross-pair objectives), through forward so DDP/compile wrap it
 
 Frames enter as float in [-1, 1] (`normalize` converts the uint8 the data layer serves). The model
 does not know which objective trains it.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,6 +42,7 @@ class LAMOutput:
     pred: torch.Tensor
     target: torch.Tensor
     quant: QuantOut
+    swapped: list[torch.Tensor] = field(default_factory=list)  # one prediction per `swaps` index
 
 
 @dataclass
@@ -100,10 +103,12 @@ class LatentActionModel(nn.Module):
         out = self._unpatchify(out) if self.cfg.target == "pixels" else out
         return out + base if self.cfg.predict_residual else out
 
-    def forward(self, pair: torch.Tensor) -> LAMOutput:
-        """pair: (B, 2, 3, S, S) float in [-1, 1] -> prediction of o_t+H, its target, the codes."""
+    def forward(self, pair: torch.Tensor, swaps: list[torch.Tensor] | tuple[torch.Tensor, ...] = ()) -> LAMOutput:
+        """pair: (B, 2, 3, S, S) float in [-1, 1] -> prediction of o_t+H, its target, the codes.
+        swaps: (B,) row indices; for each, row i is also predicted with row swaps[i]'s latent."""
         enc = self.encode_pair(pair)
-        return LAMOutput(self.predict(enc, enc.quant.z_q), enc.space[:, 1], enc.quant)
+        z = enc.quant.z_q
+        return LAMOutput(self.predict(enc, z), enc.space[:, 1], enc.quant, [self.predict(enc, z[idx]) for idx in swaps])
 
     def encode_pair(self, pair: torch.Tensor) -> PairEncoding:
         feats = self.encoder.features(pair) if self.uses_backbone else None

@@ -3,8 +3,8 @@
 the cross-view loss predicts o_t+H^v from (o_t^v, z^ṽ), ṽ != v. A latent that only explains its
 own camera's pixels pays the cross-view loss, so viewpoint-specific content is discouraged.
 
-Works with any encoder / quantizer / decoder / target of the LAM core: it only uses
-`model.encode_pair` and `model.predict`.
+Works with any encoder / quantizer / decoder / target of the LAM core: it calls the model's
+forward with `swaps` (the partner rows), so DDP and torch.compile wrap every prediction.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ class CrossViewConfig:
 
 
 def _batch_generator(batch: PairBatch) -> torch.Generator:
-    """Randomness that depends only on the batch's pairs: the same pairs draw the same views and
-    partners whatever the process or resume point."""
-    key = int((batch.episode.long() * 1_000_003 + batch.t.long()).sum().item()) & 0x7FFFFFFF
-    return torch.Generator().manual_seed(key)
+    """Randomness that depends only on the batch's pairs (a host-side key, no device sync): the
+    same pairs draw the same views and partners whatever the resume point. Under DDP each rank
+    draws for its own slice, so with views_per_step / partners N ranks are not bit-equal to one
+    process (the full grid over all views is)."""
+    return torch.Generator().manual_seed(batch.key)
 
 
 class CrossView(Objective):
@@ -65,29 +66,29 @@ class CrossView(Objective):
         g = _batch_generator(batch) if V < len(all_views) or self.cfg.partners is not None else None
         views = all_views if V == len(all_views) else [all_views[i] for i in sorted(torch.randperm(len(all_views), generator=g)[:V].tolist())]
         B = len(batch)
-        enc = model.encode_pair(stack_views(batch, views))  # rows b * V + v
-        target = enc.space[:, 1]
-        self_err = self._err(model.predict(enc, enc.quant.z_q), target).view(B, V)
-        z = enc.quant.z_q.view(B, V, *enc.quant.z_q.shape[1:])
         offsets = list(range(1, V))  # partner of view v is view (v + o) mod V
         if self.cfg.partners is not None and self.cfg.partners < V - 1:
             offsets = [offsets[i] for i in torch.randperm(V - 1, generator=g)[: self.cfg.partners].tolist()]
-        cross_err = torch.stack([
-            self._err(model.predict(enc, torch.roll(z, shifts=-o, dims=1).flatten(0, 1)), target).view(B, V) for o in offsets
-        ]).mean(0)  # (B, V): mean over view v's partners
+        x = stack_views(batch, views)  # rows b * V + v
+        rows = torch.arange(B * V, device=x.device).view(B, V)
+        swaps = [torch.roll(rows, shifts=-o, dims=1).flatten() for o in offsets]  # row (b, v) -> (b, (v + o) % V)
+        out = model(x, swaps=swaps)  # through forward: DDP and compile see every prediction
+        self_err = self._err(out.pred, out.target).view(B, V)
+        cross_err = torch.stack([self._err(p, out.target).view(B, V) for p in out.swapped]).mean(0)  # mean over partners
         self_loss, cross_loss = self_err.mean(), cross_err.mean()
-        loss = self.cfg.self_weight * self_loss + self.cfg.cross_weight * cross_loss + enc.quant.loss
-        logs: Logs = {"self_error": self_loss.detach(), "cross_error": cross_loss.detach(), "quant_loss": enc.quant.loss.detach(),
-                      "code_counts": enc.quant.counts}
-        idx = enc.quant.indices.view(B, V, -1)
-        C = enc.quant.counts.shape[0]
+        q = out.quant
+        loss = self.cfg.self_weight * self_loss + self.cfg.cross_weight * cross_loss + q.loss
+        logs: Logs = {"self_error": self_loss.detach(), "cross_error": cross_loss.detach(), "quant_loss": q.loss.detach(),
+                      "code_counts": q.counts}
+        idx = q.indices.view(B, V, -1)
+        C = q.counts.shape[0]
         for v in all_views:  # fixed keys every step: zeros for a view not drawn this step
             if v in views:
                 k = views.index(v)
-                logs[f"{v}/code_counts"] = F.one_hot(idx[:, k].flatten(), C).sum(0).to(enc.quant.counts.dtype)
+                logs[f"{v}/code_counts"] = F.one_hot(idx[:, k].flatten(), C).sum(0).to(q.counts.dtype)
                 if V == len(all_views):  # per-view errors only when every view is in every step (else no mean)
                     logs[f"self_error/{v}"] = self_err[:, k].mean().detach()
                     logs[f"cross_error/{v}"] = cross_err[:, k].mean().detach()
             else:
-                logs[f"{v}/code_counts"] = torch.zeros_like(enc.quant.counts)
+                logs[f"{v}/code_counts"] = torch.zeros_like(q.counts)
         return loss, logs
