@@ -9,6 +9,7 @@ scored on held-out episodes (test) and on each OOD split the dataset defines.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,6 @@ def evaluate(run: str | Path, dataset: str | Path | None = None, out: str | Path
     seconds_label = time.perf_counter() - t0
     _, device = distributed.init(cfg.device)
     model = LatentActionModel.from_pretrained(mdir, map_location=device).eval()
-    import json
 
     cache = FrameCache(json.loads((out / "labels" / "labels.json").read_text())["cache"])
     table = build_table(out / "labels", cache)
@@ -115,7 +115,7 @@ def metric_records(table: EvalTable, cfg: EvalConfig, model: Any = None, cache: 
     if not splits:
         raise DataError(table.meta.get("cache", "labels"), "splits.test", "a held-out split with labelled rows", "none")
     C = table.codebook_size
-    recs = probe_records(table, train, splits, cfg)
+    recs, ridges = probe_records(table, train, splits, cfg)
     recs += mi_records(table, train, splits, cfg)
     recs += viewpoint_records(table, train, splits, cfg)
     held = "test" if "test" in splits else splits[0]  # cross-view and transfer: the in-distribution split when there is one
@@ -128,7 +128,7 @@ def metric_records(table: EvalTable, cfg: EvalConfig, model: Any = None, cache: 
     if model is not None and cache is not None and cfg.transfer_pairs:
         from openlam.eval.transfer import transfer_consistency
 
-        probe = fit_ridge_cv(one_hot_tokens(table.tokens[train], C), table.action[train], table.episode[train])
+        probe = ridges["onehot"]  # the one-hot ridge probe fit on train above
         recs += [{**r, "split": held} for r in transfer_consistency(
             model, cache, table.episode, table.frame, table.gap, table.view, table.tokens,
             lambda t: probe.predict(one_hot_tokens(t, C)), a_pool=test, n=cfg.transfer_pairs, n_boot=cfg.n_boot, seed=cfg.seed, device=device)]
@@ -161,12 +161,13 @@ def _ci(fn: Any, episodes: np.ndarray, cfg: EvalConfig, method: str = "bootstrap
     return bootstrap_ci(fn, episodes, n_boot=cfg.n_boot, seed=cfg.seed, method=method).to_dict()
 
 
-def probe_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
+def probe_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: EvalConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Records, and the fitted ridge probe per feature kind (transfer consistency reuses the one-hot one)."""
     feats = {"onehot": one_hot_tokens(table.tokens, table.codebook_size), "continuous": table.z}
     y, g = table.action, table.episode
-    recs = []
+    recs, ridges = [], {}
     for fname, x in feats.items():
-        ridge = fit_ridge_cv(x[train], y[train], g[train])
+        ridge = ridges[fname] = fit_ridge_cv(x[train], y[train], g[train])
         preds = {"ridge": ridge.predict(x)}
         if cfg.mlp:
             held = np.concatenate([table.rows(s) for s in splits])
@@ -179,7 +180,7 @@ def probe_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: E
                 recs.append({"metric": "probe_nmse", "split": s, "features": fname, "estimator": probe, "n": int(len(r)),
                              "lambda": ridge.lam if probe == "ridge" else None,
                              **_ci(lambda i, r=r, pred=pred: nmse(pred[r][i], y[r][i]), g[r], cfg)})
-    return recs
+    return recs, ridges
 
 
 def mi_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
@@ -243,7 +244,6 @@ def _align_datasets(run: Path, dataset: str, table: EvalTable, out: Path, cfg: E
     for i, d in enumerate(cfg.align):
         ldir = out / "align" / f"{i}-{Path(d).name}" / "labels"
         label(run, d, ldir, LabelConfig(gap=cfg.gap, batch_size=cfg.batch_size, device=cfg.device))
-        import json
 
         other_cache = FrameCache(json.loads((ldir / "labels.json").read_text())["cache"])
         sets.append((f"{i}-{Path(d).name}", build_table(ldir, other_cache, require_actions=False)))
