@@ -235,8 +235,13 @@ def test_eval_report_compare_cli_end_to_end(tmp_path, capsys):
                                 "quantizer": {"kind": "vq", "codebook_size": 8, "code_dim": 4}, "decoder": {"dim": 32, "layers": 1, "heads": 4}})
     LatentActionModel(cfg).eval().save_pretrained(tmp_path / "model")
     args = ["--dataset", str(ds), "gap.seconds=null", "gap.frames=2", "n_boot=10", "infonce_steps=200", "transfer_pairs=32", "cka_rounds=5"]
-    for name in ("a", "b"):
-        assert main(["eval", str(tmp_path / "model"), "--out", str(tmp_path / name / "eval"), *args]) == 0
+    for name, extra in (("a", []), ("b", ["--align", str(ds)])):  # b: CKA across datasets (here: the dataset and itself)
+        assert main(["eval", str(tmp_path / "model"), "--out", str(tmp_path / name / "eval"), *args, *extra]) == 0
+    mb = json.loads((tmp_path / "b" / "eval" / "metrics.json").read_text())
+    cka = [r for r in mb["records"] if r["metric"] == "cka"]
+    assert len(cka) == 1 and cka[0]["domain"] == "dataset" and set(cka[0]["domains"].split("|")) == {"ds", "0-ds"}
+    # a dataset against itself: nothing to strip (the domain classifier is at chance), centroids align
+    assert cka[0]["removed_dims"] == 0 and cka[0]["value"] > 0.7
     m = json.loads((tmp_path / "a" / "eval" / "metrics.json").read_text())
     metrics = {r["metric"] for r in m["records"] if r.get("value") is not None}
     assert {"probe_nmse", "mi", "viewpoint_probe_accuracy", "crossview_token_agreement", "transfer_token_recovery", "cka"} <= metrics
