@@ -147,6 +147,11 @@ class FrameCache:
             self._maps[name] = np.memmap(p, dtype=dtype, mode="r", shape=(self.total_frames, *shape_tail))
         return self._maps[name]
 
+    @property
+    def starts(self) -> np.ndarray:
+        """(E,) int64: global frame index of each episode's first frame."""
+        return np.array([e["start"] for e in self.episodes], dtype=np.int64)
+
     def frames(self, camera: str) -> np.memmap:
         return self._map(f"frames.{camera}.u8", (self.size, self.size, 3), np.uint8)
 

@@ -70,7 +70,7 @@ def code_examples(table: EvalTable, cache: FrameCache, path: Path, codes: int = 
     cell = 2 * S + pad
     img = Image.new("RGB", (label_w + per_code * (cell + sep), len(order) * (S + sep) + sep), "white")
     draw = ImageDraw.Draw(img)
-    starts = np.array([e["start"] for e in cache.episodes])
+    starts = cache.starts
     for row, u in enumerate(order):
         rows = rng.permutation(np.nonzero(inv == u)[0])
         picked, seen = [], set()

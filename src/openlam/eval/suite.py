@@ -163,7 +163,7 @@ def _ci(fn: Any, episodes: np.ndarray, cfg: EvalConfig, method: str = "bootstrap
 
 def probe_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: EvalConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Records, and the fitted ridge probe per feature kind (transfer consistency reuses the one-hot one)."""
-    feats = {"onehot": one_hot_tokens(table.tokens, table.codebook_size), "continuous": table.z}
+    feats = table.features()
     y, g = table.action, table.episode
     recs, ridges = [], {}
     for fname, x in feats.items():
@@ -223,7 +223,7 @@ def viewpoint_records(table: EvalTable, train: np.ndarray, splits: list[str], cf
         return []
     chance = float(np.max(np.unique(table.view[test], return_counts=True)[1]) / len(test))
     recs = []
-    for fname, x in {"onehot": one_hot_tokens(table.tokens, table.codebook_size), "continuous": table.z}.items():
+    for fname, x in table.features().items():
         mu, sd = x[train].mean(0), safe_std(x[train])
         clf = LogisticRegression(max_iter=1000).fit((x[train] - mu) / sd, views_train)
         pred = clf.predict((x[test] - mu) / sd)

@@ -36,6 +36,14 @@ class EvalTable:
     def rows(self, split: str) -> np.ndarray:
         return np.nonzero(self.splits[split])[0]
 
+    def features(self) -> dict[str, np.ndarray]:
+        """The two latent representations probes read: one-hot codes and the continuous embedding."""
+        from openlam.eval.probes import one_hot_tokens
+
+        if not hasattr(self, "_features"):
+            self._features = {"onehot": one_hot_tokens(self.tokens, self.codebook_size), "continuous": self.z}
+        return self._features
+
     def eval_splits(self) -> list[str]:
         """Held-out splits that have labelled rows: test first, then the OOD ones."""
         names = ["test"] + sorted(s for s in self.splits if s.startswith("ood"))
@@ -58,7 +66,7 @@ def build_table(labels_dir: str | Path, cache: FrameCache, require_actions: bool
     tokens = np.asarray(t.column("tokens").combine_chunks().flatten(), dtype=np.int64).reshape(-1, K)
     zc = t.column("z_cont").combine_chunks()
     z = np.asarray(zc.flatten(), dtype=np.float32).reshape(len(ep), -1)
-    starts = np.array([e["start"] for e in cache.episodes], dtype=np.int64)
+    starts = cache.starts
     if cache.action_space is not None:
         acts = np.asarray(cache.actions(), dtype=np.float64)
         cum = np.concatenate([np.zeros((1, acts.shape[1])), np.cumsum(acts, 0)])

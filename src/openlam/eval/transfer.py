@@ -46,7 +46,7 @@ def transfer_consistency(model: LatentActionModel, cache: FrameCache, episode: n
         if not len(cand):
             return [{"metric": "transfer", "value": None, "error": "needs at least two episodes per view"}]
         b_rows[i] = rng.choice(cand)
-    starts = np.array([e["start"] for e in cache.episodes], dtype=np.int64)
+    starts = cache.starts
     z_self, z_cross = [], []
     for s in range(0, len(a_rows), batch):
         ra, rb = a_rows[s:s + batch], b_rows[s:s + batch]
