@@ -156,6 +156,35 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"out": str(out), "report": str(out / "report" / "report.md"), "results": cfg.results, "wall_s": wall}
 
 
+HEADLINE = ("I(Z;A) held-out bound, tokens", "I(Z;A) held-out bound, continuous", "probe NMSE ridge onehot", "probe NMSE mlp continuous")
+
+
+def paired_differences(arms: list[str], rows_by_arm: dict[str, list[dict[str, dict[str, Any]]]], seeds: list[int]) -> list[str]:
+    """Markdown rows: for each arm after the first and each headline number, the per-seed
+    difference to the first arm (same seed = same data, same initialisation seed), its mean with a
+    Student t 95% interval over seeds, and how many seeds agree in sign."""
+    from scipy.stats import t as student_t
+
+    base = arms[0]
+    labels = [lab for lab in rows_by_arm[base][0] if lab.startswith(HEADLINE) and ":" not in lab]
+    out = [f"| number | difference | {' | '.join(f's{s}' for s in seeds)} | mean [95% t interval over seeds] | seeds > 0 |",
+           "|---|---|" + "---|" * len(seeds) + "---|---|"]
+    for arm in arms[1:]:
+        for lab in labels:
+            d = []
+            for kb, ka in zip(rows_by_arm[base], rows_by_arm[arm]):
+                vb, va = (kb.get(lab) or {}).get("value"), (ka.get(lab) or {}).get("value")
+                d.append(None if vb is None or va is None else va - vb)
+            vals = np.array([x for x in d if x is not None])
+            if len(vals) < 2:
+                continue
+            half = student_t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / np.sqrt(len(vals))
+            cells = " | ".join("–" if x is None else f"{x:+.3f}" for x in d)
+            out.append(f"| {lab.replace('|', chr(92) + '|')} | {arm} − {base} | {cells} | {vals.mean():+.3f} "
+                       f"[{vals.mean() - half:+.3f}, {vals.mean() + half:+.3f}] | {int((vals > 0).sum())}/{len(vals)} |")
+    return out
+
+
 def results_section(cfg: ExperimentConfig, metrics: dict[str, list[dict[str, Any]]], all_runs: list[Path], data_s: float,
                     timing: dict[str, list[tuple[float, float]]], wall: float) -> str:
     from openlam.eval.report import comparison_figures, fmt, key_rows
@@ -187,6 +216,13 @@ def results_section(cfg: ExperimentConfig, metrics: dict[str, list[dict[str, Any
     eval_s = [e for a in arms for _, e in timing[a]]
     gen = cfg.generate
     ood = [s for s in metrics[arms[0]][0]["splits"] if s.startswith("ood")]
+    from openlam.eval.verdict import readings
+
+    verdicts = []
+    for a in arms:
+        for s, m in zip(cfg.seeds, metrics[a]):
+            rds = readings(m)
+            verdicts += [f"- {a} s{s}, {r['features']}: {r['verdict']}" for r in rds if rds and r["split"] == rds[0]["split"]]
     body = [
         f"Question: {cfg.question}" if cfg.question else "",
         "",
@@ -200,6 +236,17 @@ def results_section(cfg: ExperimentConfig, metrics: dict[str, list[dict[str, Any
         "run's summary.json: " + ", ".join(f"{a} {np.mean(train_s[a]) / 60:.1f} min" for a in arms)
         + f"; evaluation per run {np.mean(eval_s) / 60:.1f} min. "
         f"Full side-by-side report: `{Path(cfg.out) / 'report' / 'report.md'}`.",
+        "",
+        "Verdicts on the held-out test split (`openlam report` and the table below have the numbers behind each):",
+        "",
+        "\n".join(verdicts),
+        "",
+        f"Paired differences on the headline numbers (each seed's {arms[0]} run and other arm share data and seed; "
+        f"with {len(cfg.seeds)} seeds the t interval is wide, and a sign shared by every seed is the most a reading should rest on):",
+        "",
+        "\n".join(paired_differences(arms, rows_by_arm, cfg.seeds)) if len(arms) > 1 else "(one arm: nothing to pair)",
+        "",
+        "All numbers, mean ± sd over seeds and per seed with its 95% interval:",
         "",
         "\n".join(lines),
         "",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,26 @@ def key_rows(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Row label -> record (value, CI) for the numbers a comparison shows, in display order."""
     rows: dict[str, dict[str, Any]] = {}
     for r in m["records"]:
-        k = r["metric"]
-        if k == "probe_nmse":
-            rows[f"probe NMSE {r['estimator']} {r['features']} [{r['split']}] (lower better)"] = r
-        elif k == "mi":
-            rows[f"I(Z;A) {r['estimator']} [{r['split']}] nats"] = r
-            rows[f"I(Z;A) {r['estimator']} [{r['split']}] permutation null"] = {"value": r.get("null")}
-            rows[f"I(Z;A) {r['estimator']} [{r['split']}] episode-shuffle null"] = {"value": r.get("null_episode")}
-        elif k == "action_entropy_binned":
-            rows[f"H(A binned) [{r['split']}] nats (plug-in ceiling)"] = r
+        k, s = r["metric"], r.get("split")
+        if k == "mi_bound":
+            lab = f"I(Z;A) held-out bound, {r['features']} [{s}] nats"
+            rows[lab] = r
+            rows[f"{lab}: ceiling H(A binned)"] = {"value": r.get("ceiling")}
+            rows[f"{lab}: phase-matched shuffle mean"] = {"value": r.get("phase_null_mean")}
+            rows[f"{lab}: phase-matched shuffle p"] = {"value": r.get("phase_p")}
+        elif k == "reference_mi_bound":
+            rows[f"I(Z;A) held-out bound, reference {r['labeller']} [{s}] nats"] = r
+        elif k == "probe_nmse":
+            rows[f"probe NMSE {r['estimator']} {r['features']} [{s}] (lower better)"] = r
+        elif k == "reference_probe_nmse":
+            rows[f"probe NMSE ridge onehot, reference {r['labeller']} [{s}]"] = r
+        elif k == "mi_infonce":
+            rows[f"I(Z;A) held-out InfoNCE, tokens, factorised critic [{s}] nats"] = r
+        elif k == "mi_insample":
+            rows[f"I(Z;A) in-sample {r['estimator']} [{s}] nats (biased, secondary)"] = r
+            rows[f"I(Z;A) in-sample {r['estimator']} [{s}]: value on shuffled rows (bias floor)"] = {"value": r.get("null")}
+            if "rows_dropped" in r:
+                rows[f"I(Z;A) in-sample {r['estimator']} [{s}]: rows dropped (tuple seen once)"] = {"value": r["rows_dropped"]}
         elif k == "viewpoint_probe_accuracy":
             rows[f"viewpoint probe acc {r['features']}"] = r
             rows["viewpoint probe chance (majority camera)"] = {"value": r["chance"]}
@@ -118,8 +130,17 @@ def _series(metrics: list[dict[str, Any]], names: list[str], groups: list[tuple[
     return {n: [find(m, w) for _, w in groups] for n, m in zip(names, metrics)}
 
 
+def _floor(m: dict[str, Any], split: str) -> float | None:
+    """The higher of the random-token and episode-identity bounds on a split (None: not scored)."""
+    from openlam.eval.verdict import FLOORS
+
+    vals = [r["value"] for r in m["records"] if r["metric"] == "reference_mi_bound" and r["split"] == split
+            and r["labeller"] in FLOORS and r.get("value") is not None]
+    return max(vals) if vals else None
+
+
 def comparison_figures(metrics: list[dict[str, Any]], names: list[str], out: Path) -> list[tuple[str, str]]:
-    """Bar charts with CIs across runs; dashed markers: permutation nulls (MI) and chance levels."""
+    """Bar charts with CIs across runs; dashed markers: floors (MI) and chance levels."""
     from openlam.eval.plots import bars_with_ci
 
     splits = list(dict.fromkeys(r["split"] for m in metrics for r in m["records"] if r["metric"] == "probe_nmse"))
@@ -129,11 +150,12 @@ def comparison_figures(metrics: list[dict[str, Any]], names: list[str], out: Pat
     bars_with_ci([x for x, _ in g], _series(metrics, names, g), "held-out probe NMSE (1 = no better than the mean)", "NMSE",
                  out / "probe_nmse.png")
     figs.append(("Probe NMSE", "probe_nmse.png"))
-    g = [(f"{s} {e}", {"metric": "mi", "split": s, "estimator": e}) for s in splits for e in ("plugin_mm", "knn_ross", "infonce")]
+    g = [(f"{s} {f}", {"metric": "mi_bound", "split": s, "features": f}) for s in splits for f in ("tokens", "continuous")]
     ser = _series(metrics, names, g)
-    nulls = {n: [r.get("null") if r else None for r in recs] for n, recs in ser.items()}
-    bars_with_ci([x for x, _ in g], ser, "I(Z; A), 95% CI over episodes (dashed: permutation null)", "nats", out / "mi.png", nulls)
-    figs.append(("I(Z;A)", "mi.png"))
+    floors = {n: [_floor(m, w["split"]) for _, w in g] for n, m in zip(names, metrics)}
+    bars_with_ci([x for x, _ in g], ser, "held-out bound on I(Z; A), 95% CI (dashed: best floor, random tokens / episode identity)",
+                 "nats", out / "mi.png", floors)
+    figs.append(("I(Z;A), held-out bound", "mi.png"))
     g = [("view probe onehot", {"metric": "viewpoint_probe_accuracy", "features": "onehot"}),
          ("view probe continuous", {"metric": "viewpoint_probe_accuracy", "features": "continuous"}),
          ("cross-view token agreement", {"metric": "crossview_token_agreement", "views": "mean"}),
@@ -151,13 +173,21 @@ def write_report(paths: list[Path], out: Path) -> Path:
     metrics = [load_metrics(p) for p in paths]
     names = run_names(paths)
     out.mkdir(parents=True, exist_ok=True)
-    blocks: list[tuple[str, Any]] = [("h1", "Latent action evaluation report")]
-    blocks.append(("p", "Values carry [95% interval] where one is defined: resampled over episodes for probes, MI, viewpoint, "
-                        "cross-view pairs and transfer; over half-sample rounds of token centroids for CKA (value = mean over "
-                        "rounds). Nulls, chance levels and codebook counts have none. docs/metrics.md has the exact definitions. "
-                        "Probes and the InfoNCE critic are fit on train episodes and scored on held-out ones."))
-    blocks.append(("table", [["run", "dataset", "gap", "labelled pairs", "eval seconds"]] + [
-        [n, m["dataset"], json.dumps(m["gap"]), str(m["codebook"]["num_pairs"]), f"{m['seconds']['total']:.0f}"] for n, m in zip(names, metrics)]))
+    from openlam.eval.verdict import verdict_lines
+
+    blocks: list[tuple[str, Any]] = [("h1", "Latent action evaluation report"), ("h2", "Verdict")]
+    for n, m in zip(names, metrics):
+        blocks += [("h3", f"{n}")] + [("p", line) for line in verdict_lines(m)]
+    blocks.append(("p", "Held-out split shown; every split is read in the run's own section below. How to read this: the held-out bound is a lower bound on I(Z; A) computed on episodes that neither the "
+                        "LAM's probes nor q saw; the floors are what a labeller with no action information scores through the same "
+                        "pipeline; the phase-matched shuffle asks whether the latent knows this episode's action or only the task and "
+                        "the time in the episode. docs/metrics.md has the exact definitions."))
+    blocks.append(("h2", "Setup"))
+    blocks.append(("p", "Values carry [95% interval] where one is defined: over episodes (cluster t intervals for the bound, probe NMSE, "
+                        "InfoNCE and the viewpoint probe; percentile bootstrap for cross-view and transfer rates); over half-sample "
+                        "rounds of token centroids for CKA. In-sample MI estimates are secondary: they stand beside their value on "
+                        "shuffled rows (their bias floor) and carry no interval. Probes, q and the InfoNCE critic are fit on train "
+                        "episodes and scored on held-out ones."))
     header, rows = comparison(metrics, names)
     blocks += [("h2", "Side by side"), ("table", [header] + rows)]
     for title, f in comparison_figures(metrics, names, out):
@@ -166,6 +196,7 @@ def write_report(paths: list[Path], out: Path) -> Path:
         blocks.append(("h2", f"Run {n}"))
         splits = ", ".join(f"{s}: {v['episodes']} episodes / {v['rows']} pairs" for s, v in m["splits"].items())
         blocks.append(("p", f"Splits — {splits}."))
+        blocks += [("p", line) for line in verdict_lines(m, all_splits=True)]
         cb = m["codebook"]
         blocks.append(("p", f"Codes used per token position: {cb['used_codes_per_position']} of {cb['codebook_size']}; "
                             f"dead codes: {cb['dead_codes_per_position']}."))
@@ -185,10 +216,8 @@ def write_report(paths: list[Path], out: Path) -> Path:
 def _markdown(blocks: list[tuple[str, Any]]) -> str:
     lines: list[str] = []
     for kind, c in blocks:
-        if kind == "h1":
-            lines += [f"# {c}", ""]
-        elif kind == "h2":
-            lines += [f"## {c}", ""]
+        if kind in ("h1", "h2", "h3"):
+            lines += ["#" * int(kind[1]) + f" {c}", ""]
         elif kind == "p":
             lines += [c, ""]
         elif kind == "img":
@@ -206,10 +235,10 @@ def _html(blocks: list[tuple[str, Any]]) -> str:
     e = html.escape
     body: list[str] = []
     for kind, c in blocks:
-        if kind in ("h1", "h2"):
+        if kind in ("h1", "h2", "h3"):
             body.append(f"<{kind}>{e(c)}</{kind}>")
         elif kind == "p":
-            body.append(f"<p>{e(c)}</p>")
+            body.append("<p>" + re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", e(c)) + "</p>")
         elif kind == "img":
             body.append(f'<p><img src="{e(c)}" alt="{e(Path(c).stem)}"></p>')
         elif kind == "table":

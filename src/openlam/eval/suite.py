@@ -23,19 +23,24 @@ from openlam.data.cache import FrameCache
 from openlam.data.pairs import GapConfig
 from openlam.errors import ConfigError, DataError
 from openlam.eval.codebook import codebook_stats
-from openlam.eval.mi import InfoNCECritic, _entropy_mm, bootstrap_ci, discretize_actions, episode_shuffle_null, knn_mi, permutation_null, plugin_mi
-from openlam.eval.probes import fit_ridge_cv, mlp_probe, nmse, one_hot_tokens, safe_std
+from openlam.eval.information import bound_records, insample_records, probe_records, reference_records
+from openlam.eval.intervals import mean_interval
+from openlam.eval.mlp import standardizer
+from openlam.eval.probes import one_hot_tokens
 from openlam.eval.table import EvalTable, build_table
 
 
 @dataclass
 class EvalConfig:
     gap: GapConfig | None = None  # None: the gap the model was trained with
-    n_boot: int = 100  # episode resamples per CI
-    plugin_bins: int = 16  # k-means bins of the action for the plug-in estimator
+    bound_bins: int = 32  # k-means bins of the action target for the held-out bound (its ceiling is their entropy)
+    phase_draws: int = 200  # within-task phase-matched shuffles behind the bound's p-value (0: skip)
+    references: bool = True  # also score the reference labellers (random, episode identity, task + phase)
+    n_boot: int = 100  # episode resamples for the bootstrap intervals (cross-view, transfer)
+    plugin_bins: int = 16  # k-means bins of the action for the in-sample plug-in estimator
     knn_k: int = 3
-    infonce_steps: int = 1500
-    mlp: bool = True  # also the MLP probe
+    infonce_steps: int = 1500  # 0: skip the InfoNCE bound
+    mlp: bool = True  # also the MLP probe, and an MLP q for the continuous embedding's bound
     transfer_pairs: int = 512  # 0: skip transfer consistency
     cka_rounds: int = 50  # 0: skip CKA alignment
     cka_max_rows: int = 4000  # rows sampled (by episode) for domain stripping
@@ -48,6 +53,10 @@ class EvalConfig:
     def validate(self) -> None:
         if self.n_boot < 2:
             raise ConfigError("eval: n_boot must be >= 2")
+        if self.bound_bins < 2:
+            raise ConfigError("eval: bound_bins must be >= 2")
+        if self.phase_draws and self.phase_draws < 99:
+            raise ConfigError("eval: phase_draws must be 0 (skip) or >= 99 (a p-value needs enough draws)")
 
 
 def _run_dataset(run: Path) -> str:
@@ -116,7 +125,9 @@ def metric_records(table: EvalTable, cfg: EvalConfig, model: Any = None, cache: 
         raise DataError(table.meta.get("cache", "labels"), "splits.test", "a held-out split with labelled rows", "none")
     C = table.codebook_size
     recs, ridges = probe_records(table, train, splits, cfg)
-    recs += mi_records(table, train, splits, cfg)
+    recs += bound_records(table, train, splits, cfg)
+    recs += reference_records(table, train, splits, cfg)
+    recs += insample_records(table, train, splits, cfg)
     recs += viewpoint_records(table, train, splits, cfg)
     held = "test" if "test" in splits else splits[0]  # cross-view and transfer: the in-distribution split when there is one
     test = table.rows(held)
@@ -157,57 +168,6 @@ def _sample_episodes(episode: np.ndarray, rows: np.ndarray, max_rows: int, seed:
     return np.sort(np.concatenate(keep))
 
 
-def _ci(fn: Any, episodes: np.ndarray, cfg: EvalConfig, method: str = "bootstrap") -> dict[str, float]:
-    return bootstrap_ci(fn, episodes, n_boot=cfg.n_boot, seed=cfg.seed, method=method).to_dict()
-
-
-def probe_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: EvalConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Records, and the fitted ridge probe per feature kind (transfer consistency reuses the one-hot one)."""
-    feats = table.features()
-    y, g = table.action, table.episode
-    recs, ridges = [], {}
-    for fname, x in feats.items():
-        ridge = ridges[fname] = fit_ridge_cv(x[train], y[train], g[train])
-        preds = {"ridge": ridge.predict(x)}
-        if cfg.mlp:
-            held = np.concatenate([table.rows(s) for s in splits])
-            p = np.zeros_like(y, dtype=np.float64)
-            p[held] = mlp_probe(x[train], y[train], g[train], x[held], seed=cfg.seed)
-            preds["mlp"] = p
-        for probe, pred in preds.items():
-            for s in splits:
-                r = table.rows(s)
-                recs.append({"metric": "probe_nmse", "split": s, "features": fname, "estimator": probe, "n": int(len(r)),
-                             "lambda": ridge.lam if probe == "ridge" else None,
-                             **_ci(lambda i, r=r, pred=pred: nmse(pred[r][i], y[r][i]), g[r], cfg)})
-    return recs, ridges
-
-
-def mi_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
-    z, a, g = table.tokens, table.action, table.episode
-    critic = InfoNCECritic(z[train], a[train], table.codebook_size, steps=cfg.infonce_steps, seed=cfg.seed, groups=g[train])
-    # CIs by half-sampling: rows duplicated by a bootstrap bias all three (plug-in and kNN see fake
-    # agreement, InfoNCE batches hold copies that act as extra positives among the negatives)
-    estimators = {
-        "plugin_mm": lambda zz, aa: plugin_mi(zz, aa, bins=cfg.plugin_bins),
-        "knn_ross": lambda zz, aa: knn_mi(zz, aa, k=cfg.knn_k),
-        "infonce": lambda zz, aa: critic.bound(zz, aa, seed=cfg.seed),
-    }
-    recs = []
-    for s in splits:
-        r = table.rows(s)
-        zr, ar = z[r], a[r]
-        for name, est in estimators.items():
-            recs.append({"metric": "mi", "split": s, "estimator": name, "n": int(len(r)), "ci_method": "half",
-                         **_ci(lambda i, est=est, zr=zr, ar=ar: est(zr[i], ar[i]), g[r], cfg, "half"),
-                         "null": permutation_null(est, zr, ar, seed=cfg.seed),
-                         "null_episode": episode_shuffle_null(est, zr, ar, g[r], table.frame[r], table.view[r], seed=cfg.seed)})
-        # the plug-in estimate's ceiling: the entropy of the binned action target
-        h = _entropy_mm(np.bincount(discretize_actions(ar, cfg.plugin_bins)))
-        recs.append({"metric": "action_entropy_binned", "split": s, "estimator": "plugin_mm", "n": int(len(r)), "value": h})
-    return recs
-
-
 def viewpoint_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
     """How much the latent tells about which camera saw the pair (MVP-LAM referee's control):
     logistic regression latent -> view, fit on train, accuracy on test vs the majority rate."""
@@ -224,13 +184,11 @@ def viewpoint_records(table: EvalTable, train: np.ndarray, splits: list[str], cf
     chance = float(np.max(np.unique(table.view[test], return_counts=True)[1]) / len(test))
     recs = []
     for fname, x in table.features().items():
-        mu, sd = x[train].mean(0), safe_std(x[train])
-        clf = LogisticRegression(max_iter=1000).fit((x[train] - mu) / sd, views_train)
-        pred = clf.predict((x[test] - mu) / sd)
-        ok = (pred == table.view[test]).astype(np.float64)
-        est = _ci(lambda i, ok=ok: float(ok[i].mean()), table.episode[test], cfg)
+        scale = standardizer(x[train])
+        clf = LogisticRegression(max_iter=1000).fit(scale(x[train]), views_train)
+        ok = (clf.predict(scale(x[test])) == table.view[test]).astype(np.float64)
         recs.append({"metric": "viewpoint_probe_accuracy", "split": "test", "features": fname, "estimator": "logreg",
-                     "n": int(len(test)), "chance": chance, **est})
+                     **table.counts(test), "chance": chance, **mean_interval(ok, table.episode[test]).to_dict()})
     return recs
 
 

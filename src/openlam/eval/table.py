@@ -44,6 +44,15 @@ class EvalTable:
             self._features = {"onehot": one_hot_tokens(self.tokens, self.codebook_size), "continuous": self.z}
         return self._features
 
+    def target_keys(self) -> np.ndarray:
+        """One integer per action target (episode, frame): the views of a pair share it."""
+        return self.episode * (int(self.frame.max()) + 1 if len(self.frame) else 1) + self.frame
+
+    def counts(self, rows: np.ndarray) -> dict[str, int]:
+        """Sizes of a set of rows: rows, distinct action targets and episodes (the interval's unit)."""
+        return {"n": int(len(rows)), "n_targets": int(len(np.unique(self.target_keys()[rows]))),
+                "n_episodes": int(len(np.unique(self.episode[rows])))}
+
     def eval_splits(self) -> list[str]:
         """Held-out splits that have labelled rows: test first, then the OOD ones."""
         names = ["test"] + sorted(s for s in self.splits if s.startswith("ood"))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from openlam.data.cache import FrameCache
-from openlam.eval.mi import bootstrap_ci
+from openlam.eval.intervals import bootstrap_ci
 from openlam.eval.probes import nmse
 from openlam.models.lam import LatentActionModel, normalize
 

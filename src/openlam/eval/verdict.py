@@ -1,0 +1,96 @@
+"""The plain-words reading of one evaluation, which reports lead with: for the tokens and for the
+continuous embedding, the held-out bound and probe NMSE with their intervals beside the floors
+(random tokens, an episode-identity labeller) and the task + phase reference, the phase-matched
+shuffle's p-value, and a one-line verdict whose wording never claims more than those controls
+allow. Reads metrics.json records only, so old evaluations can be re-read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ALPHA = 0.05
+FLOORS = ("random", "episode_id")
+LABELLER_NAMES = {"random": "random tokens", "episode_id": "episode identity", "task_phase": "task + phase"}
+
+
+def find(records: list[dict[str, Any]], **want: Any) -> dict[str, Any] | None:
+    for r in records:
+        if all(r.get(k) == v for k, v in want.items()):
+            return r
+    return None
+
+
+def _num(r: dict[str, Any] | None, key: str = "value") -> float | None:
+    return None if r is None or r.get(key) is None else float(r[key])
+
+
+def _ci(r: dict[str, Any] | None) -> str:
+    if r is None or r.get("value") is None:
+        return "–"
+    s = f"{r['value']:.3f}"
+    if r.get("ci_low") is not None:
+        s += f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+    return s
+
+
+def judge(bound: dict[str, Any] | None, floors: list[float]) -> str:
+    """One verdict from the bound's interval, the floors' values and the phase test."""
+    if bound is None or bound.get("value") is None:
+        return "not measured"
+    lo = bound.get("ci_low")
+    if lo is None:
+        return f"undetermined: {bound.get('n_episodes', 0)} held-out episode(s) give no interval"
+    bar = max([0.0] + floors)
+    if lo <= bar:
+        return "no action information detectable on held-out episodes: the bound's interval reaches the floors"
+    p = bound.get("phase_p")
+    if p is None:
+        return "predicts the action on held-out episodes; whether beyond task and phase is untested (no task with >= 2 episodes)"
+    if p >= ALPHA:
+        return f"predicts the action on held-out episodes, but no better than task and time-in-episode explain (phase-matched shuffle p = {p:.3f})"
+    return f"carries information about the action beyond task and phase (phase-matched shuffle p = {p:.3f})"
+
+
+def readings(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (split, features): the numbers the verdict rests on, and the verdict."""
+    recs = m["records"]
+    splits = list(dict.fromkeys(r["split"] for r in recs if r["metric"] == "mi_bound"))
+    out = []
+    for s in splits:
+        for feats, probe in (("tokens", ("onehot", "ridge")), ("continuous", ("continuous", "mlp"))):
+            bound = find(recs, metric="mi_bound", split=s, features=feats)
+            nm = find(recs, metric="probe_nmse", split=s, features=probe[0], estimator=probe[1]) or \
+                find(recs, metric="probe_nmse", split=s, features=probe[0], estimator="ridge")
+            ref_b = {n: find(recs, metric="reference_mi_bound", split=s, labeller=n) for n in LABELLER_NAMES}
+            ref_n = {n: find(recs, metric="reference_probe_nmse", split=s, labeller=n) for n in LABELLER_NAMES}
+            floors = [v for n in FLOORS if (v := _num(ref_b[n])) is not None]
+            out.append({"split": s, "features": feats, "bound": bound, "nmse": nm, "ref_bound": ref_b, "ref_nmse": ref_n,
+                        "verdict": judge(bound, floors)})
+    return out
+
+
+def sentences(rd: dict[str, Any]) -> str:
+    b, n = rd["bound"], rd["nmse"]
+    what = "Tokens" if rd["features"] == "tokens" else "Continuous embedding"
+    if b is None:
+        return f"{what} [{rd['split']}]: not measured."
+    refs_b = ", ".join(f"{LABELLER_NAMES[k]} {_num(v):.3f}" for k, v in rd["ref_bound"].items() if _num(v) is not None)
+    refs_n = ", ".join(f"{LABELLER_NAMES[k]} {_num(v):.3f}" for k, v in rd["ref_nmse"].items() if _num(v) is not None)
+    probe = f"{n['estimator']} probe" if n else "probe"
+    s = (f"{what} [{rd['split']}, {b.get('n_episodes')} held-out episodes]: held-out lower bound on I(Z; A) {_ci(b)} nats "
+         f"(q {b['estimator'][3:]}; ceiling {b.get('ceiling', float('nan')):.2f})"
+         + (f"; the same bound for reference labellers: {refs_b}" if refs_b else "") + ". "
+         f"{probe.capitalize()} NMSE {_ci(n)}" + (f" (reference labellers, one-hot ridge: {refs_n})" if refs_n else "")
+         + "; 1 = the held-out mean. ")
+    if b.get("phase_p") is not None:
+        s += (f"Phase-matched shuffles ({b['phase_draws']}): bound {b['phase_real']:.3f} on real pairs vs {b['phase_null_mean']:.3f} "
+              f"mean, {b['phase_null_q95']:.3f} 95th percentile, p = {b['phase_p']:.3f}. ")
+    return s + f"**Verdict: {rd['verdict']}.**"
+
+
+def verdict_lines(m: dict[str, Any], all_splits: bool = False) -> list[str]:
+    """Sentences for the first held-out split (test), or every split."""
+    rds = readings(m)
+    if not all_splits and rds:
+        rds = [r for r in rds if r["split"] == rds[0]["split"]]
+    return [sentences(r) for r in rds]
