@@ -10,8 +10,9 @@ import pytest
 
 from openlam.eval import groundtruth as gt
 from openlam.eval.bound import bound_estimate, bound_value, entropy_mm, fit_q
-from openlam.eval.controls import phase_bins, phase_partners, reference_tokens
+from openlam.eval.controls import phase_bins, phase_pairings, reference_tokens
 from openlam.eval.information import bound_records, phase_test
+from openlam.eval.probes import one_hot_tokens
 from openlam.eval.suite import EvalConfig
 
 CFG = EvalConfig(mlp=False, infonce_steps=0, phase_draws=199)
@@ -58,6 +59,10 @@ def test_bound_value_counts_each_action_target_once():
     perfect = np.log(np.where(np.eye(2)[bins] > 0, 1.0, 1e-300))
     est, extra = bound_estimate(perfect, bins, keys, np.array([0, 0, 1, 1, 0, 0, 1, 1]))
     assert est.value == pytest.approx(np.log(2) + 1 / 8) and extra["n_targets"] == 4 and extra["n_rows"] == 8
+    # uneven views: a target seen by 3 views weighs as much as one seen once
+    lq = np.log(np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.5, 0.5]]))
+    assert bound_value(lq, np.array([0, 0, 0, 1]), np.array([7, 7, 7, 8])) == pytest.approx(
+        entropy_mm(np.array([1, 1])) + (np.log(0.9) + np.log(0.5)) / 2)
 
 
 def test_q_fit_on_train_does_not_credit_a_mapping_that_changes_on_new_episodes():
@@ -76,25 +81,26 @@ def test_q_fit_on_train_does_not_credit_a_mapping_that_changes_on_new_episodes()
     assert bound_value(q.log_proba(x[test]), bins[test], keys[test]) < -1.0
 
 
-def test_phase_partners_are_other_episodes_of_the_same_task_at_the_same_phase():
-    rng = np.random.default_rng(0)
-    lengths = [20, 30, 25, 40, 35, 10]
-    task_of = np.array(["a", "a", "a", "b", "b", "c"], dtype=object)
+def test_pairings_permute_unseen_episodes_of_the_same_task_at_the_same_phase():
+    lengths = [20, 30, 25, 40, 35, 10, 12, 28]
+    task_of = np.array(["a", "a", "a", "b", "b", "c", "a", "b"], dtype=object)
     ep = np.concatenate([np.full(n, e) for e, n in enumerate(lengths)])
     fr = np.concatenate([np.arange(n) for n in lengths])
     ep, fr = np.tile(ep, 2), np.tile(fr, 2)  # two views
     task = task_of[ep]
-    rows = np.nonzero(np.isin(ep, [0, 3, 5]))[0]
-    partners, usable = phase_partners(ep, fr, task, rows, draws=50, seed=0)
-    assert not usable[ep[rows] == 5].any() and usable[ep[rows] != 5].all()  # task c has one episode
-    p = partners[:, usable]
-    r = rows[usable]
-    assert (ep[p] != ep[r][None]).all() and (task[p] == task[r][None]).all()
+    rows = np.nonzero(np.isin(ep, [0, 3, 5]))[0]  # the split: episodes 0 (a), 3 (b), 5 (c)
+    pool = np.array([0, 1, 3, 4, 5])  # never seen by q; 2, 6 (a) and 7 (b) were
+    pr = phase_pairings(ep, fr, task, rows, pool, draws=200, seed=0)
+    assert not pr.usable[ep[rows] == 5].any() and pr.usable[ep[rows] != 5].all()  # task c: one episode
+    assert pr.distinct == 4 and pr.exact and len(pr.partners) == 4  # 0 -> {0, 1}, 3 -> {3, 4}
+    r = rows[pr.usable]
+    p = pr.partners[:, pr.usable]
+    assert set(np.unique(ep[p])) == {0, 1, 3, 4} and (task[p] == task[r][None]).all()
+    assert any((ep[q] == ep[r]).all() for q in p)  # the real pairing is one of the pairings
     L = np.array(lengths)
-    expect = np.rint(fr[r][None] * (L[ep[p]] - 1) / (L[ep[r]][None] - 1))
-    np.testing.assert_array_equal(fr[p], expect)
-    assert len(np.unique(ep[p][:, ep[r] == 0])) == 2  # both other episodes of task a get drawn
-    del rng
+    np.testing.assert_array_equal(fr[p], np.rint(fr[r][None] * (L[ep[p]] - 1) / (L[ep[r]][None] - 1)))
+    big = phase_pairings(ep, fr, task, rows, np.arange(8), draws=5, seed=0)  # 4 x 3 = 12 > 5 pairings: sampled
+    assert big.distinct == 12 and not big.exact and len(big.partners) == 5
 
 
 def test_phase_test_rejects_an_action_quantiser_but_not_task_and_phase():
@@ -105,12 +111,43 @@ def test_phase_test_rejects_an_action_quantiser_but_not_task_and_phase():
             assert r["phase_p"] == pytest.approx(1 / 200) and r["phase_real"] > r["phase_null_q95"]
 
 
-def test_phase_test_is_undefined_without_a_second_episode_per_task():
-    case = gt.quantised_ar(E=12, test_episodes=4)
+def test_phase_test_p_is_uniform_when_the_latent_knows_only_task_and_phase():
+    """Tokens = (phase bin, task), actions phase-locked: under this null p must spread over (0, 1]
+    (partners from q's own training episodes pushed it to ~1; ties decided by rounding and
+    single-partner tasks pushed it to the minimum)."""
+    case = gt.phase_only(E=160, test_episodes=120)
     t = case.table
+    train = t.episode < 40
+    t.splits = {"train": train, "test": ~train}
+    x = one_hot_tokens(t.tokens, 8)
+    from openlam.eval.information import action_bins
+
+    _, bins = action_bins(t, np.nonzero(train)[0], CFG)
+    q = fit_q(x[train], bins[train], t.episode[train], 32, "linear", False)
+    lq = q.log_proba(x)
+    rng = np.random.default_rng(0)
+    held = np.unique(t.episode[~train])
+    ps = []
+    for i in range(40):
+        r = np.nonzero(np.isin(t.episode, rng.choice(held, 12, replace=False)))[0]
+        ps.append(phase_test(t, lq[r], bins, r, 99, seed=i)["phase_p"])
+    ps = np.array(ps)
+    assert (ps <= 0.05).mean() <= 0.15 and 0.2 <= np.median(ps) <= 0.8, np.round(np.sort(ps), 2)
+
+
+def test_phase_test_is_undefined_with_too_few_pairings():
+    """Two unseen episodes per task give each episode one alternative partner: 2^tasks pairings,
+    too few for a p-value of 0.05 with 4 tasks; a task with a single episode gives none."""
+    case = gt.quantised_ar(E=16, test_episodes=8)
+    t = case.table
+    test_eps = np.unique(t.episode[t.splits["test"]])
+    t.task = np.array([f"t{np.searchsorted(test_eps, e) // 2}" if e in test_eps else "other" for e in t.episode], dtype=object)
+    r = t.rows("test")
+    res = phase_test(t, np.zeros((len(r), 2)), np.zeros(len(t), np.int64), r, 199, 0)
+    assert res["phase_p"] is None and res["phase_pairings"] == 16 and res["phase_rows"] == len(r)
     t.task = np.array([f"solo{e}" for e in t.episode], dtype=object)
-    r = phase_test(t, np.zeros((len(t.rows("test")), 2)), np.zeros(len(t), np.int64), t.rows("test"), 199, 0)
-    assert r["phase_p"] is None and r["phase_rows"] == 0
+    res = phase_test(t, np.zeros((len(r), 2)), np.zeros(len(t), np.int64), r, 199, 0)
+    assert res["phase_p"] is None and res["phase_rows"] == 0
 
 
 def test_reference_labellers_carry_what_they_claim():
@@ -126,6 +163,9 @@ def test_reference_labellers_carry_what_they_claim():
     np.testing.assert_array_equal(refs["task_phase"][:, 0], phase_bins(ep, fr, 8))
     np.testing.assert_array_equal(refs["task_phase"][:, 0], fr // 2)
     assert set(refs["task_phase"][:, 1]) == {0, 1} and (refs["task_phase"][:, 2] == 0).all()
+    np.testing.assert_array_equal(refs["task_time"][:, 0], fr // 2)  # all episodes 16 frames: elapsed = relative here
+    one = reference_tokens(tok[:, :1], ep, fr, task, 8)  # K = 1: task and phase share the code
+    assert len({tuple(r) for r in one["task_phase"]}) == 8 and (one["task_phase"][task == "x"] < 4).all()
 
 
 def test_interval_is_over_episodes():
@@ -142,12 +182,27 @@ def test_interval_is_over_episodes():
     assert est.n_episodes == 6 and (est.low, est.high) == pytest.approx((ref.low, ref.high))
 
 
-def test_verdict_rests_on_the_floors_and_the_phase_test():
+def test_verdict_rests_on_the_gains_over_the_floors_and_the_phase_test():
     from openlam.eval.verdict import judge
 
-    rec = {"value": 0.3, "ci_low": 0.1, "ci_high": 0.5, "phase_p": 0.01}
-    assert judge(rec, [0.0, -0.1]).startswith("carries information about the action beyond task and phase")
-    assert judge(rec, [0.15]).startswith("no action information detectable")  # above 0 but not above a floor
-    assert judge({**rec, "phase_p": 0.4}, [0.0]).startswith("predicts the action on held-out episodes, but no better")
-    assert judge({**rec, "ci_low": -0.01}, []).startswith("no action information detectable")
-    assert judge({**rec, "ci_low": None, "n_episodes": 1}, []).startswith("undetermined")
+    up = {"value": 0.2, "ci_low": 0.05, "ci_high": 0.35}
+    rec = {"value": 0.1, "ci_low": -0.1, "ci_high": 0.3, "phase_p": 0.01, "gain_over": {"random": up, "episode_id": up, "task_phase": up}}
+    assert judge(rec).startswith("carries information about the action beyond task and relative phase")  # the gains decide, not the bound's own interval
+    assert judge({**rec, "gain_over": {**rec["gain_over"], "episode_id": {**up, "ci_low": -0.01}}}).startswith("no action information detectable")
+    assert judge({**rec, "gain_over": {**rec["gain_over"], "task_phase": {**up, "ci_low": -0.5}}}).startswith("carries")  # not a floor
+    assert judge({**rec, "phase_p": 0.4}).startswith("predicts the action on held-out episodes, but not detectably beyond")
+    assert "untested" in judge({**rec, "phase_p": None, "phase_note": "3 distinct pairings"})
+    assert judge({"value": 0.3, "ci_low": 0.1, "ci_high": 0.5, "phase_p": 0.01}).startswith("carries")  # no references: the bound vs 0
+    assert judge({"value": 0.3, "ci_low": -0.1, "ci_high": 0.5}).startswith("no action information detectable")
+    assert judge({**rec, "gain_over": {"random": {**up, "ci_low": None}}, "n_episodes": 1}).startswith("undetermined")
+
+
+def test_gain_over_a_reference_cancels_the_entropy_term():
+    from openlam.eval.bound import gain_estimate
+
+    rng = np.random.default_rng(0)
+    n = 60
+    bins, keys, ep = rng.integers(0, 4, n), np.arange(n), np.repeat(np.arange(6), 10)
+    la, lb = np.log(rng.dirichlet(np.ones(4), n)), np.log(rng.dirichlet(np.ones(4), n))
+    g = gain_estimate(la, lb, bins, keys, ep)
+    assert g.value == pytest.approx(la[np.arange(n), bins].mean() - lb[np.arange(n), bins].mean()) and g.n_episodes == 6

@@ -90,7 +90,7 @@ def test_oracle_labeller_is_action_centric_and_random_is_not(squares_cache, tmp_
             assert r["n_episodes"] == n_test, r
     assert value(good, metric="probe_nmse", features="onehot", estimator="ridge", split="test")["value"] < 0.15
     assert value(good, metric="probe_nmse", features="continuous", estimator="ridge", split="test")["value"] < 0.05
-    floors = [value(good, metric="reference_mi_bound", labeller=n, split="test") for n in ("random", "episode_id", "task_phase")]
+    floors = [value(good, metric="reference_mi_bound", labeller=n, split="test") for n in ("random", "episode_id", "task_phase", "task_time")]
     for f in floors:  # actions are iid per frame: no reference labeller knows anything about them
         assert f["value"] < 0.05 and f["ci_low"] < 0.0, f
     for feats in ("tokens", "continuous"):
@@ -122,7 +122,7 @@ def test_oracle_labeller_is_action_centric_and_random_is_not(squares_cache, tmp_
     from openlam.eval.verdict import readings
 
     m_good, m_bad = {"records": good}, {"records": bad}
-    assert readings(m_good)[0]["verdict"].startswith("carries information about the action beyond task and phase")
+    assert readings(m_good)[0]["verdict"].startswith("carries information about the action beyond task and relative phase")
     assert readings(m_bad)[0]["verdict"].startswith("no action information detectable")
 
 

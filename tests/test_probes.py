@@ -46,6 +46,9 @@ def test_nmse_normalises_each_dim_by_its_own_variance():
     pred = np.stack([y[:, 0], np.full(1000, y[:, 1].mean())], 1)  # dim 0 perfect, dim 1 = its mean
     assert nmse(pred, y) == pytest.approx(0.5, abs=1e-9)  # pooling the variance over dims would give ~1e-4
     assert nmse(y, y) == 0.0
+    y[:, 1] = 3.0  # a dim that never varies has no scale: left out, not counted as a perfect 0
+    assert nmse(pred, y) == pytest.approx(0.0) and nmse(np.zeros_like(y) + y.mean(0), y) == pytest.approx(1.0)
+    assert np.isnan(nmse(y * 0, np.ones((10, 2))))
 
 
 def test_features_are_standardised_with_training_statistics():

@@ -3,20 +3,28 @@ task or moment it is". Scripted demonstrations are phase-locked (every episode o
 grasps and lifts at similar times), so a latent that only tracks time-in-episode already predicts
 the action on held-out episodes; a row-permutation null cannot see that.
 
-- `phase_partners`: the within-task, phase-matched shuffle. Each episode's rows are paired with
-  the action targets of another episode of the same task at the same *phase*: frame
-  t' = round(t (T' - 1) / (T - 1)), T and T' the two episodes' numbers of pairs. Task, phase and
-  everything that identifies an episode survive; only the link between a latent and its own
-  episode's action is cut. A statistic that does no better on real pairs than on these draws
-  carries nothing about the action beyond task and phase.
+- `phase_pairings`: the within-task, phase-matched permutation test. Each held-out episode's rows
+  are paired with the action targets of an episode of the same task (a random permutation of the
+  task's episodes that q never saw) at the same *relative phase*: frame t' = round(t (T' - 1) /
+  (T - 1)), T and T' the two episodes' numbers of pairs. Task, phase and everything that
+  identifies an episode survive; only the link between a latent and its own episode's action is
+  cut. Partners come only from episodes outside q's training set: q has fit the training
+  episodes' actions, so pairing with them would flatter the shuffled scores. A statistic that
+  does no better on real pairs than on these pairings carries nothing detectable about the
+  action beyond task and relative phase.
 - `reference_tokens`: labellers whose content is known, scored by the same pipeline as the LAM:
   random tokens (the LAM's own token rows, permuted across rows: same marginals, no relation),
   episode identity (a random number per episode written in base C over the K positions; not the
-  episode index, whose digits follow the task order of a generated dataset), and task + phase
-  (task index and phase bin).
+  episode index, whose digits follow the task order of a generated dataset), task + relative
+  phase (phase bin floor(C t / T)) and task + elapsed time (bin floor(C t / T_max), T_max the
+  longest episode): what knowing only the task and the moment gives.
 """
 
 from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,45 +41,83 @@ def _episode_layout(episode: np.ndarray, frame: np.ndarray) -> tuple[np.ndarray,
     return length, offset, flat
 
 
-def phase_partners(episode: np.ndarray, frame: np.ndarray, task: np.ndarray, rows: np.ndarray, draws: int, seed: int = 0
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Partner rows for `draws` within-task phase-matched shuffles of `rows` (indices into the
-    table whose columns are given). Partners come from any episode of the same task in the table
-    other than the row's own. Returns (partner (draws, R) row indices, usable (R,) mask): rows whose
-    task has a single episode cannot be shuffled and are marked unusable (partner -1)."""
+@dataclass
+class Pairings:
+    """Pairings of a split's episodes with episodes of the same task (`partners[j, i]`: the row
+    whose action target row i is paired with under pairing j)."""
+
+    partners: np.ndarray  # (P, R) row indices; -1 for rows outside the test (`usable` False)
+    usable: np.ndarray  # (R,) rows whose task has >= 2 episodes in the pool
+    distinct: int  # S: how many distinct pairings exist
+    exact: bool  # partners lists all S pairings (the real one among them) instead of sampling them
+
+
+def phase_pairings(episode: np.ndarray, frame: np.ndarray, task: np.ndarray, rows: np.ndarray, pool: np.ndarray, draws: int,
+                   seed: int = 0) -> Pairings:
+    """Within-task, phase-matched pairings of the episodes of `rows` (indices into the table whose
+    columns are given) with the episodes in `pool` (plus the split's own). Each pairing maps the
+    split's episodes of a task one-to-one into that task's pool: a uniformly random permutation of
+    the pool, so the real pairing is one of them (what makes the permutation p-value exact under
+    exchangeability). With S <= draws distinct pairings all are listed, else `draws` are sampled."""
     length, offset, flat = _episode_layout(episode, frame)
-    pool: dict[str, np.ndarray] = {}
-    for t in np.unique(task):
-        pool[str(t)] = np.unique(episode[task == t])
     r_ep, r_fr = episode[rows], frame[rows]
-    eps = np.unique(r_ep)
-    ep_task = {int(e): str(task[rows][np.nonzero(r_ep == e)[0][0]]) for e in eps}
-    usable_ep = {e for e in ep_task if len(pool[ep_task[e]]) >= 2}
-    usable = np.isin(r_ep, list(usable_ep))
-    rng = np.random.default_rng(seed)
-    out = np.full((draws, len(rows)), -1, np.int64)
-    ep_pos = np.searchsorted(eps, r_ep)
-    for d in range(draws):
-        partner = np.full(len(eps), -1, np.int64)
-        for i, e in enumerate(eps):
-            if int(e) in usable_ep:
-                cand = pool[ep_task[int(e)]]
-                cand = cand[cand != e]
-                partner[i] = cand[rng.integers(len(cand))]
-        p = partner[ep_pos]
-        ok = usable & (p >= 0)
-        T, Tp = length[r_ep[ok]], length[p[ok]]
-        tp = np.rint(r_fr[ok] * (Tp - 1) / np.maximum(T - 1, 1)).astype(np.int64)
-        out[d, ok] = flat[offset[p[ok]] + tp]
+    split_eps = np.unique(r_ep)
+    task_of = {int(e): str(task[rows][np.nonzero(r_ep == e)[0][0]]) for e in split_eps}
+    all_task = {}
+    for e in np.unique(episode):
+        all_task.setdefault(str(task[np.nonzero(episode == e)[0][0]]), set()).add(int(e))
+    groups = []  # (split episodes of a task, its pool)
+    for t in sorted(set(task_of.values())):
+        mine = sorted(e for e in task_of if task_of[e] == t)
+        pl = sorted(all_task[t] & (set(int(x) for x in pool) | set(mine)))
+        if len(pl) >= 2:
+            groups.append((mine, pl))
+    usable_eps = [e for mine, _ in groups for e in mine]
+    usable = np.isin(r_ep, usable_eps)
+    distinct = 1
+    for mine, pl in groups:
+        distinct *= math.perm(len(pl), len(mine))
+    if not groups:
+        return Pairings(np.zeros((0, len(rows)), np.int64), usable, 0, True)
+    if distinct <= draws:
+        maps = [dict(zip([e for mine, _ in groups for e in mine], [x for part in combo for x in part]))
+                for combo in itertools.product(*(itertools.permutations(pl, len(mine)) for mine, pl in groups))]
+    else:
+        rng = np.random.default_rng(seed)
+        maps = []
+        for _ in range(draws):
+            m = {}
+            for mine, pl in groups:
+                m.update(zip(mine, rng.permutation(pl)[: len(mine)].tolist()))
+            maps.append(m)
+    out = np.full((len(maps), len(rows)), -1, np.int64)
+    e_u, t_u = r_ep[usable], r_fr[usable]
+    T = length[e_u]
+    for j, m in enumerate(maps):
+        p = np.array([m[int(e)] for e in e_u], np.int64)
+        tp = np.rint(t_u * (length[p] - 1) / np.maximum(T - 1, 1)).astype(np.int64)
+        out[j, usable] = flat[offset[p] + tp]
     if (out[:, usable] < 0).any():
-        raise ValueError("phase_partners: a partner frame has no labelled row (labels must cover every frame of an episode)")
-    return out, usable
+        raise ValueError("phase_pairings: a partner frame has no labelled row (labels must cover every frame of an episode)")
+    return Pairings(out, usable, int(distinct), distinct <= draws)
 
 
 def phase_bins(episode: np.ndarray, frame: np.ndarray, bins: int) -> np.ndarray:
     """Phase of each row (t / T_e, T_e the episode's number of pairs) in `bins` equal bins."""
     length = _episode_layout(episode, frame)[0]
     return np.minimum(bins - 1, frame * bins // np.maximum(length[episode], 1)).astype(np.int64)
+
+
+def _with_task(first: np.ndarray, task_idx: np.ndarray, K: int, C: int) -> np.ndarray:
+    """(N, K) tokens: position 0 = `first` (C levels), position 1 = the task index mod C; with K = 1
+    both share one code (C // tasks levels of `first` per task)."""
+    out = np.zeros((len(first), K), np.int64)
+    if K > 1:
+        out[:, 0], out[:, 1] = first, task_idx % C
+    else:
+        per = max(1, C // (int(task_idx.max()) + 1))
+        out[:, 0] = (task_idx * per + first * per // C) % C
+    return out
 
 
 def reference_tokens(tokens: np.ndarray, episode: np.ndarray, frame: np.ndarray, task: np.ndarray, codebook_size: int,
@@ -84,9 +130,6 @@ def reference_tokens(tokens: np.ndarray, episode: np.ndarray, frame: np.ndarray,
     code = rng.permutation(int(episode.max()) + 1)[episode]
     ep_id = np.stack([(code // C**k) % C for k in range(K)], 1)
     task_idx = np.unique(task, return_inverse=True)[1].reshape(-1)
-    phase = phase_bins(episode, frame, C)
-    tp = np.zeros((N, K), np.int64)
-    tp[:, 0] = phase
-    if K > 1:
-        tp[:, 1] = task_idx % C
-    return {"random": tokens[rng.permutation(N)], "episode_id": ep_id.astype(np.int64), "task_phase": tp}
+    elapsed = np.minimum(C - 1, frame * C // (int(frame.max()) + 1))
+    return {"random": tokens[rng.permutation(N)], "episode_id": ep_id.astype(np.int64),
+            "task_phase": _with_task(phase_bins(episode, frame, C), task_idx, K, C), "task_time": _with_task(elapsed, task_idx, K, C)}

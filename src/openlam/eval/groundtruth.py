@@ -110,12 +110,13 @@ def _phase_curve(rng: np.random.Generator, tasks: int, dims: int) -> np.ndarray:
     return (amp * np.sin(2 * np.pi * (np.abs(freq) + 0.5) * ph[None, :, None, None] + 3 * off)).sum(-1)
 
 
-def _phase_locked_actions(rng: np.random.Generator, E: int, T: int, tasks: int, dims: int, noise: float
+def _phase_locked_actions(rng: np.random.Generator, E: int, T: int, tasks: int, dims: int, noise: float, offset: float = 0.0
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(task of each episode, the task's curve at every frame (E, T, dims), actions = curve + AR(1) noise)."""
+    """(task of each episode, the task's curve at every frame (E, T, dims), actions = curve + AR(1)
+    noise + a constant per-episode offset of scale `offset`, which clusters an episode's targets)."""
     task = np.arange(E) % tasks
     curve = _phase_curve(rng, tasks, dims)[task][:, np.rint(np.arange(T) * 100 / (T - 1)).astype(int)]
-    return task, curve, curve + noise * ar1(rng, (E, T, dims), 0.8)
+    return task, curve, curve + noise * ar1(rng, (E, T, dims), 0.8) + offset * rng.standard_normal((E, 1, dims))
 
 
 def episode_identity(E: int = 40, T: int = 60, V: int = 2, test_episodes: int = 10, seed: int = 0) -> Case:
@@ -162,14 +163,15 @@ def phase_only(E: int = 48, T: int = 60, V: int = 2, tasks: int = 3, test_episod
 
 
 def phase_locked_quantiser(E: int = 48, T: int = 60, V: int = 2, tasks: int = 3, test_episodes: int = 12, noise: float = 0.6,
-                           seed: int = 0) -> Case:
-    """The same phase-locked tasks with larger per-episode deviations; tokens quantise each
-    episode's own action (8 equiprobable codes per dim, 3 tokens), so they carry the action beyond
-    task and phase: the shuffle must reject. Z is a function of A, so I(Z; A) = H(Z), by Monte
-    Carlo over a large sample of the same process."""
+                           offset: float = 0.5, seed: int = 0) -> Case:
+    """The same phase-locked tasks with larger deviations, AR(1) within an episode plus a constant
+    offset per episode (targets cluster by episode); tokens quantise each episode's own action (8
+    equiprobable codes per dim, 3 tokens), so they carry the action beyond task and phase: the
+    permutation test must reject. Z is a function of A, so I(Z; A) = H(Z), by Monte Carlo over a
+    large sample of the same process."""
     rng = np.random.default_rng(seed)
-    task, _, action = _phase_locked_actions(rng, E, T, tasks, 3, noise)
-    big = _phase_locked_actions(np.random.default_rng(seed + 1), 2000, T, tasks, 3, noise)[2].reshape(-1, 3)
+    task, _, action = _phase_locked_actions(rng, E, T, tasks, 3, noise, offset)
+    big = _phase_locked_actions(np.random.default_rng(seed), 2000, T, tasks, 3, noise, offset)[2].reshape(-1, 3)
     edges = [np.quantile(big[:, d], np.arange(1, 8) / 8) for d in range(3)]
     q = lambda a: np.stack([np.searchsorted(edges[d], a[..., d]) for d in range(3)], -1)  # noqa: E731
     tokens = np.broadcast_to(q(action)[None], (V, E, T, 3))
@@ -179,7 +181,7 @@ def phase_locked_quantiser(E: int = 48, T: int = 60, V: int = 2, tasks: int = 3,
     truth = float(-(p * np.log(p)).sum())
     z = np.broadcast_to(action[None], (V, E, T, 3)) + 1e-3 * rng.standard_normal((V, E, T, 3))
     return Case("phase_locked_quantiser", _table(tokens, z, action, E, T, V, task, test_episodes, 8, seed), truth, None,
-                "tokens quantise each episode's own phase-locked action: information beyond task and phase")
+                "tokens quantise each episode's own phase-locked action (AR noise + per-episode offsets): information beyond task and phase")
 
 
 CASES = {f.__name__: f for f in (quantised_ar, informative_token, episode_identity, phase_only, phase_locked_quantiser)}

@@ -2,9 +2,11 @@
 
 - `probe_records`: ridge and MLP probes, fit on train episodes, NMSE on every held-out split.
 - `bound_records`: the headline held-out variational bound for the tokens and the continuous
-  embedding, each with the within-task phase-matched shuffle test.
-- `reference_records`: the same bound and the one-hot ridge probe for the reference labellers
-  (random tokens, episode identity, task + phase): the floors a LAM must clear.
+  embedding, each with the within-task phase-matched permutation test and its gain over each
+  reference labeller on the same rows; and the bound of the reference labellers (random tokens,
+  episode identity: the floors a LAM must clear; task + relative phase, task + elapsed time:
+  what knowing only the task and the moment gives).
+- `reference_records`: the one-hot ridge probe of the reference labellers.
 - `insample_records`: plug-in and kNN estimates inside each split (secondary, with their bias
   floor), and the held-out InfoNCE bound.
 
@@ -17,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from openlam.eval.bound import QModel, bound_estimate, bound_value, fit_q
-from openlam.eval.controls import phase_partners, reference_tokens
+from openlam.eval.bound import QModel, bound_estimate, bound_value, fit_q, gain_estimate
+from openlam.eval.controls import phase_pairings, reference_tokens
 from openlam.eval.intervals import mean_interval
 from openlam.eval.mi import ActionBins, entropy_mm, knn_mi, per_view, permutation_null, plugin_mi, singletons
 from openlam.eval.probes import fit_ridge_cv, mlp_probe, nmse_estimate, one_hot_tokens
@@ -65,58 +67,74 @@ def _q_inputs(table: EvalTable, features: str, tokens: np.ndarray | None = None)
     return table.z, "auto", True
 
 
-def _bound(table: EvalTable, q: QModel, x: np.ndarray, bins: np.ndarray, r: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
-    lq = q.log_proba(x[r])
-    est, extra = bound_estimate(lq, bins[r], table.target_keys()[r], table.episode[r])
-    return {**est.to_dict(), **extra, "n_episodes": est.n_episodes}, lq
+MIN_PAIRINGS = 20  # below this many distinct pairings a p-value cannot reach 0.05
 
 
 def phase_test(table: EvalTable, lq: np.ndarray, bins: np.ndarray, r: np.ndarray, draws: int, seed: int) -> dict[str, Any]:
-    """The bound on real pairs vs on `draws` within-task phase-matched shuffles, over the rows
-    whose task has >= 2 episodes. p = (1 + #{null >= real}) / (1 + draws)."""
+    """The bound on real pairs vs on within-task, phase-matched pairings with episodes q never saw
+    (`controls.phase_pairings`), over the rows whose task has >= 2 such episodes. Exact over all
+    S pairings when S <= draws: p = #{pairing >= real} / S (the real pairing is one of them);
+    else p = (1 + #{sampled >= real}) / (1 + draws). Ties count against the latent (1e-9 nats)."""
     if not draws:
         return {}
-    partners, usable = phase_partners(table.episode, table.frame, table.task, r, draws, seed)
-    if not usable.any():
-        return {"phase_p": None, "phase_rows": 0, "phase_note": "no task with >= 2 episodes: the shuffle is undefined"}
-    keys = table.target_keys()[r][usable]
-    real = bound_value(lq[usable], bins[r][usable], keys)
-    null = np.array([bound_value(lq[usable], bins[partners[d, usable]], keys) for d in range(draws)])
-    return {"phase_real": real, "phase_null_mean": float(null.mean()), "phase_null_q95": float(np.quantile(null, 0.95)),
-            "phase_p": float((1 + (null >= real).sum()) / (1 + draws)), "phase_draws": draws, "phase_rows": int(usable.sum())}
+    pool = np.setdiff1d(np.unique(table.episode), np.unique(table.episode[table.splits["train"]]))
+    pr = phase_pairings(table.episode, table.frame, table.task, r, pool, draws, seed)
+    base = {"phase_rows": int(pr.usable.sum()), "phase_pairings": float(pr.distinct)}
+    if pr.distinct < MIN_PAIRINGS:
+        return {**base, "phase_p": None,
+                "phase_note": f"{pr.distinct} distinct pairings with episodes q never saw (need >= {MIN_PAIRINGS}): untested"}
+    keys = table.target_keys()[r][pr.usable]
+    real = bound_value(lq[pr.usable], bins[r][pr.usable], keys)
+    null = np.array([bound_value(lq[pr.usable], bins[p[pr.usable]], keys) for p in pr.partners])
+    hits = int((null >= real - 1e-9).sum())
+    p = hits / len(null) if pr.exact else (1 + hits) / (1 + len(null))
+    return {**base, "phase_real": real, "phase_null_mean": float(null.mean()), "phase_null_q95": float(np.quantile(null, 0.95)),
+            "phase_p": float(p), "phase_draws": len(null), "phase_exact": pr.exact}
 
 
 def bound_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
+    """The bound for the tokens and the continuous embedding (with the phase-matched test, and
+    each one's gain over every reference labeller on the same rows), and the bound of each
+    reference labeller, on every held-out split."""
     _, bins = action_bins(table, train, cfg)
-    recs = []
+    keys, g = table.target_keys(), table.episode
+    labellings: dict[str, tuple[QModel, np.ndarray]] = {}
     for features in ("tokens", "continuous"):
         x, family, standardize = _q_inputs(table, features)
-        q = fit_q(x[train], bins[train], table.episode[train], cfg.bound_bins, family if cfg.mlp else "linear", standardize, seed=cfg.seed)
-        for s in splits:
-            r = table.rows(s)
-            rec, lq = _bound(table, q, x, bins, r)
-            recs.append({"metric": "mi_bound", "split": s, "features": features, "estimator": f"ba_{q.family}", "q_c": q.c,
-                         "bins": int(bins.max()) + 1, **rec, **phase_test(table, lq, bins, r, cfg.phase_draws, cfg.seed)})
+        labellings[features] = fit_q(x[train], bins[train], g[train], cfg.bound_bins, family if cfg.mlp else "linear", standardize,
+                                     seed=cfg.seed), x
+    refs = reference_tokens(table.tokens, table.episode, table.frame, table.task, table.codebook_size, cfg.seed) if cfg.references else {}
+    for name, tok in refs.items():
+        x, _, _ = _q_inputs(table, "tokens", tok)
+        labellings[name] = fit_q(x[train], bins[train], g[train], cfg.bound_bins, "linear", False, seed=cfg.seed), x
+    recs = []
+    for s in splits:
+        r = table.rows(s)
+        lq = {name: q.log_proba(x[r]) for name, (q, x) in labellings.items()}
+        for name, (q, _) in labellings.items():
+            est, extra = bound_estimate(lq[name], bins[r], keys[r], g[r])
+            rec = {**est.to_dict(), **extra, "split": s, "estimator": f"ba_{q.family}", "q_c": q.c, "q_val_ce": q.val_ce,
+                   "bins": int(bins.max()) + 1}
+            if name in refs:
+                recs.append({"metric": "reference_mi_bound", "labeller": name, "features": "tokens", **rec})
+                continue
+            gains = {ref: gain_estimate(lq[name], lq[ref], bins[r], keys[r], g[r]).to_dict() for ref in refs}
+            recs.append({"metric": "mi_bound", "features": name, **rec, "gain_over": gains,
+                         **phase_test(table, lq[name], bins, r, cfg.phase_draws, cfg.seed)})
     return recs
 
 
 def reference_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
-    """The bound (tokens) and the one-hot ridge probe NMSE of each reference labeller."""
+    """The one-hot ridge probe NMSE of each reference labeller (their bounds: `bound_records`)."""
     if not cfg.references:
         return []
-    _, bins = action_bins(table, train, cfg)
     y, g = table.action, table.episode
     recs = []
-    refs = reference_tokens(table.tokens, table.episode, table.frame, table.task, table.codebook_size, cfg.seed)
-    for name, tok in refs.items():
+    for name, tok in reference_tokens(table.tokens, table.episode, table.frame, table.task, table.codebook_size, cfg.seed).items():
         x, _, _ = _q_inputs(table, "tokens", tok)
-        q = fit_q(x[train], bins[train], g[train], cfg.bound_bins, "linear", False, seed=cfg.seed)
-        ridge = fit_ridge_cv(x[train], y[train], g[train])
-        pred = ridge.predict(x)
+        pred = fit_ridge_cv(x[train], y[train], g[train]).predict(x)
         for s in splits:
             r = table.rows(s)
-            rec, _ = _bound(table, q, x, bins, r)
-            recs.append({"metric": "reference_mi_bound", "labeller": name, "split": s, "features": "tokens", "estimator": "ba_linear", **rec})
             recs.append({"metric": "reference_probe_nmse", "labeller": name, "split": s, "features": "onehot", "estimator": "ridge",
                          **table.counts(r), **nmse_estimate(pred[r], y[r], g[r]).to_dict()})
     return recs

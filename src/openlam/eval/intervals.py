@@ -70,6 +70,8 @@ def bootstrap_ci(fn: Callable[[np.ndarray], float], episodes: np.ndarray, n_boot
     value = fn(np.arange(len(episodes)))
     if len(uniq) < 2:
         return Estimate(float(value), float("nan"), float("nan"), "bootstrap", len(uniq))
-    boots = [fn(np.concatenate([rows_of[i] for i in rng.integers(0, len(uniq), len(uniq))])) for _ in range(n_boot)]
+    boots = np.array([fn(np.concatenate([rows_of[i] for i in rng.integers(0, len(uniq), len(uniq))])) for _ in range(n_boot)], np.float64)
+    if np.isnan(boots).all():  # undefined on every resample (e.g. NMSE of a target that never varies)
+        return Estimate(float(value), float("nan"), float("nan"), "bootstrap", len(uniq))
     lo, hi = np.nanquantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
     return Estimate(float(value), float(lo), float(hi), "bootstrap", len(uniq))

@@ -27,15 +27,15 @@ def one_hot_tokens(tokens: np.ndarray, codebook_size: int) -> np.ndarray:
     return out
 
 
-def _normaliser(target: np.ndarray) -> np.ndarray:
-    """Per-dim variance of the scored targets; 1 for a dim that never varies (raw MSE there)."""
-    var = np.asarray(target, np.float64).var(0)
-    return np.where(var > 1e-12, var, 1.0)
-
-
 def nmse(pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean over the target dims that vary in the scored rows of MSE_d / Var_d; NaN when none varies
+    (a dim that never varies has no scale to normalise by, and would read as a perfect 0)."""
     pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
-    return float((((pred - target) ** 2).mean(0) / _normaliser(target)).mean())
+    var = target.var(0)
+    varies = var > 1e-12
+    if not varies.any():
+        return float("nan")
+    return float((((pred - target) ** 2).mean(0)[varies] / var[varies]).mean())
 
 
 def nmse_estimate(pred: np.ndarray, target: np.ndarray, episodes: np.ndarray, level: float = 0.95) -> Estimate:

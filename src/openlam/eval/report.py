@@ -178,16 +178,18 @@ def write_report(paths: list[Path], out: Path) -> Path:
     blocks: list[tuple[str, Any]] = [("h1", "Latent action evaluation report"), ("h2", "Verdict")]
     for n, m in zip(names, metrics):
         blocks += [("h3", f"{n}")] + [("p", line) for line in verdict_lines(m)]
-    blocks.append(("p", "Held-out split shown; every split is read in the run's own section below. How to read this: the held-out bound is a lower bound on I(Z; A) computed on episodes that neither the "
-                        "LAM's probes nor q saw; the floors are what a labeller with no action information scores through the same "
-                        "pipeline; the phase-matched shuffle asks whether the latent knows this episode's action or only the task and "
-                        "the time in the episode. docs/metrics.md has the exact definitions."))
+    blocks.append(("p", "Held-out split shown; every split is read in the run's own section below. How to read this: "
+                        "the held-out bound is a lower bound on I(Z; A) computed on episodes that neither the LAM's probes "
+                        "nor q saw; the floors are what a labeller with no action information scores through the same "
+                        "pipeline; the phase-matched shuffle asks whether the latent knows this episode's action or only "
+                        "the task and the time in the episode. docs/metrics.md has the exact definitions."))
     blocks.append(("h2", "Setup"))
-    blocks.append(("p", "Values carry [95% interval] where one is defined: over episodes (cluster t intervals for the bound, probe NMSE, "
-                        "InfoNCE and the viewpoint probe; percentile bootstrap for cross-view and transfer rates); over half-sample "
-                        "rounds of token centroids for CKA. In-sample MI estimates are secondary: they stand beside their value on "
-                        "shuffled rows (their bias floor) and carry no interval. Probes, q and the InfoNCE critic are fit on train "
-                        "episodes and scored on held-out ones."))
+    blocks.append(("p", "Values carry [95% interval] where one is defined: over episodes (leave-one-episode-out jackknife t "
+                        "intervals for the bound, probe NMSE, InfoNCE and the viewpoint probe; percentile bootstrap for "
+                        "cross-view and transfer rates); over half-sample rounds of token centroids for CKA. In-sample MI "
+                        "estimates are secondary: they stand beside their value on shuffled rows (their bias floor) and "
+                        "carry no interval. Probes, q and the InfoNCE critic are fit on train episodes and scored on "
+                        "held-out ones."))
     header, rows = comparison(metrics, names)
     blocks += [("h2", "Side by side"), ("table", [header] + rows)]
     for title, f in comparison_figures(metrics, names, out):

@@ -1,8 +1,9 @@
 """The plain-words reading of one evaluation, which reports lead with: for the tokens and for the
 continuous embedding, the held-out bound and probe NMSE with their intervals beside the floors
-(random tokens, an episode-identity labeller) and the task + phase reference, the phase-matched
-shuffle's p-value, and a one-line verdict whose wording never claims more than those controls
-allow. Reads metrics.json records only, so old evaluations can be re-read."""
+(random tokens, an episode-identity labeller) and the task + phase / time references, the bound's
+gain over each on the same rows, the phase-matched test's p-value, and a one-line verdict whose
+wording never claims more than those controls allow. Reads metrics.json records only, so old
+evaluations can be re-read."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 
 ALPHA = 0.05
 FLOORS = ("random", "episode_id")
-LABELLER_NAMES = {"random": "random tokens", "episode_id": "episode identity", "task_phase": "task + phase"}
+LABELLER_NAMES = {"random": "random tokens", "episode_id": "episode identity", "task_phase": "task + relative phase",
+                  "task_time": "task + elapsed time"}
 
 
 def find(records: list[dict[str, Any]], **want: Any) -> dict[str, Any] | None:
@@ -33,22 +35,26 @@ def _ci(r: dict[str, Any] | None) -> str:
     return s
 
 
-def judge(bound: dict[str, Any] | None, floors: list[float]) -> str:
-    """One verdict from the bound's interval, the floors' values and the phase test."""
+def judge(bound: dict[str, Any] | None) -> str:
+    """One verdict from the bound's gain over the floors (same rows: the entropy term cancels) and
+    the phase-matched test. Without reference labellers, the bound's own interval against 0."""
     if bound is None or bound.get("value") is None:
         return "not measured"
-    lo = bound.get("ci_low")
-    if lo is None:
+    gains = [g for name, g in (bound.get("gain_over") or {}).items() if name in FLOORS]
+    lows = [g.get("ci_low") for g in gains] if gains else [bound.get("ci_low")]
+    if any(lo is None for lo in lows):
         return f"undetermined: {bound.get('n_episodes', 0)} held-out episode(s) give no interval"
-    bar = max([0.0] + floors)
-    if lo <= bar:
-        return "no action information detectable on held-out episodes: the bound's interval reaches the floors"
+    if min(lows) <= 0:
+        what = "above the floors (random tokens, episode identity)" if gains else "above 0"
+        return f"no action information detectable on held-out episodes: the interval does not clear {what}"
     p = bound.get("phase_p")
     if p is None:
-        return "predicts the action on held-out episodes; whether beyond task and phase is untested (no task with >= 2 episodes)"
+        why = bound.get("phase_note", "not run")
+        return f"predicts the action on held-out episodes; whether beyond task and relative phase is untested ({why})"
     if p >= ALPHA:
-        return f"predicts the action on held-out episodes, but no better than task and time-in-episode explain (phase-matched shuffle p = {p:.3f})"
-    return f"carries information about the action beyond task and phase (phase-matched shuffle p = {p:.3f})"
+        return (f"predicts the action on held-out episodes, but not detectably beyond task and relative phase (phase-matched "
+                f"test p = {p:.3f} over {bound.get('phase_rows')} rows; with few held-out episodes this test has little power)")
+    return f"carries information about the action beyond task and relative phase (phase-matched test p = {p:.3f})"
 
 
 def readings(m: dict[str, Any]) -> list[dict[str, Any]]:
@@ -63,9 +69,8 @@ def readings(m: dict[str, Any]) -> list[dict[str, Any]]:
                 find(recs, metric="probe_nmse", split=s, features=probe[0], estimator="ridge")
             ref_b = {n: find(recs, metric="reference_mi_bound", split=s, labeller=n) for n in LABELLER_NAMES}
             ref_n = {n: find(recs, metric="reference_probe_nmse", split=s, labeller=n) for n in LABELLER_NAMES}
-            floors = [v for n in FLOORS if (v := _num(ref_b[n])) is not None]
             out.append({"split": s, "features": feats, "bound": bound, "nmse": nm, "ref_bound": ref_b, "ref_nmse": ref_n,
-                        "verdict": judge(bound, floors)})
+                        "verdict": judge(bound)})
     return out
 
 
@@ -76,15 +81,18 @@ def sentences(rd: dict[str, Any]) -> str:
         return f"{what} [{rd['split']}]: not measured."
     refs_b = ", ".join(f"{LABELLER_NAMES[k]} {_num(v):.3f}" for k, v in rd["ref_bound"].items() if _num(v) is not None)
     refs_n = ", ".join(f"{LABELLER_NAMES[k]} {_num(v):.3f}" for k, v in rd["ref_nmse"].items() if _num(v) is not None)
-    probe = f"{n['estimator']} probe" if n else "probe"
+    probe = {"ridge": "Ridge probe", "mlp": "MLP probe"}.get(n["estimator"], "Probe") if n else "Probe"
+    gains = ", ".join(f"{LABELLER_NAMES[k]} {_ci(v)}" for k, v in (b.get("gain_over") or {}).items())
     s = (f"{what} [{rd['split']}, {b.get('n_episodes')} held-out episodes]: held-out lower bound on I(Z; A) {_ci(b)} nats "
          f"(q {b['estimator'][3:]}; ceiling {b.get('ceiling', float('nan')):.2f})"
-         + (f"; the same bound for reference labellers: {refs_b}" if refs_b else "") + ". "
-         f"{probe.capitalize()} NMSE {_ci(n)}" + (f" (reference labellers, one-hot ridge: {refs_n})" if refs_n else "")
+         + (f"; the same bound for reference labellers: {refs_b}" if refs_b else "")
+         + (f"; gain over each on the same rows: {gains}" if gains else "") + ". "
+         f"{probe} NMSE {_ci(n)}" + (f" (reference labellers, one-hot ridge: {refs_n})" if refs_n else "")
          + "; 1 = the held-out mean. ")
     if b.get("phase_p") is not None:
-        s += (f"Phase-matched shuffles ({b['phase_draws']}): bound {b['phase_real']:.3f} on real pairs vs {b['phase_null_mean']:.3f} "
-              f"mean, {b['phase_null_q95']:.3f} 95th percentile, p = {b['phase_p']:.3f}. ")
+        how = f"all {b['phase_draws']}" if b.get("phase_exact") else f"{b['phase_draws']} of {b['phase_pairings']:.3g}"
+        s += (f"Phase-matched pairings with unseen episodes of the same task ({how}): bound {b['phase_real']:.3f} on real pairs vs "
+              f"{b['phase_null_mean']:.3f} mean, {b['phase_null_q95']:.3f} 95th percentile, p = {b['phase_p']:.3f}. ")
     return s + f"**Verdict: {rd['verdict']}.**"
 
 
