@@ -24,8 +24,8 @@ test: setup
 
 demo: setup
 	$(OPENLAM) generate metaworld --tasks reach-v3,push-v3,button-press-topdown-v3,drawer-open-v3 \
-		--episodes 5 --cameras corner,corner2,corner3,topview --size 64 --distractors mild \
-		--action-noise 0.1 --workers 2 --seed 0 --out $(DEMO)/data --overwrite
+		--episodes 8 --cameras corner,corner2,corner3,topview --size 64 --distractors mild \
+		--action-noise 0.1 --workers 2 --seed 0 --out $(DEMO)/data --overwrite splits.test_fraction=0.25
 	$(OPENLAM) validate $(DEMO)/data
 	$(OPENLAM) summary $(DEMO)/data --out $(DEMO)
 	rm -rf $(DEMO)/lapa_tiny $(DEMO)/report

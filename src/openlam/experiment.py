@@ -166,7 +166,8 @@ def paired_differences(arms: list[str], rows_by_arm: dict[str, list[dict[str, di
     from scipy.stats import t as student_t
 
     base = arms[0]
-    labels = [lab for lab in rows_by_arm[base][0] if lab.startswith(HEADLINE) and ":" not in lab]
+    labels = [lab for lab in rows_by_arm[base][0] if lab.startswith(HEADLINE) and "reference" not in lab
+              and lab.endswith(("nats", "(lower better)"))]
     out = [f"| number | difference | {' | '.join(f's{s}' for s in seeds)} | mean [95% t interval over seeds] | seeds > 0 |",
            "|---|---|" + "---|" * len(seeds) + "---|---|"]
     for arm in arms[1:]:

@@ -155,11 +155,12 @@ def run_audit(cfg: AuditConfig) -> str:
     parts += [f"| {c['case']} | {c['G']} | {c['truth']:.3f} | {c['bound_pop']:.3f} | {c['bound_mean']:.3f} | {c['bound_coverage']:.3f} | "
               f"{c['bound_low_below_truth']:.3f} | {c['gain_pop']:.3f} | {c['gain_coverage']:.3f} | {c['nmse_pop']:.3f} | "
               f"{c['nmse_coverage']:.3f} |" for c in cov]
-    rej = [phase_rejections(make, cfg, G) for make in (gt.phase_only, gt.phase_locked_quantiser) for G in (8, 16)]
+    rej = [phase_rejections(make, cfg, G) for make in (gt.episode_identity, gt.phase_only, gt.phase_locked_quantiser) for G in (8, 16)]
     parts += ["", "### Phase-matched permutation test", "",
               f"{cfg.phase_reps} held-out sets per row, {cfg.phase_draws} pairings each with episodes q never saw; reject when "
-              "p <= 0.05. phase_only: the tokens know only task and phase (the test must reject in <= ~5% of sets, and p should "
-              "spread over (0, 1]); phase_locked_quantiser: they quantise each episode's own action (it should reject).", "",
+              "p <= 0.05. episode_identity (tokens name the episode) and phase_only (tokens know only task and phase): the null "
+              "holds, so the test must reject in <= ~5% of sets and p should spread over (0, 1]; phase_locked_quantiser: the "
+              "tokens quantise each episode's own action (it should reject).", "",
               "| case | G episodes | rejection rate | median p |", "|---|---|---|---|"]
     parts += [f"| {r['case']} | {r['G']} | {r['reject_rate']:.3f} | {r['median_p']:.3f} |" for r in rej]
     parts += ["", f"Wall time: {(time.perf_counter() - t0) / 60:.1f} min."]

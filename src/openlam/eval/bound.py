@@ -60,7 +60,7 @@ def _logistic(x: np.ndarray, y: np.ndarray, k: int, c: float, standardize: bool)
     classes = np.unique(y)
     if len(classes) == 1:  # one bin in the fit data: q puts all mass there
         return lambda v: np.where(np.arange(k)[None] == classes[0], 0.0, -np.inf) * np.ones((len(v), 1))
-    clf = LogisticRegression(C=c, max_iter=300, tol=1e-4).fit(scale(x), y)
+    clf = LogisticRegression(C=c, max_iter=1000, tol=1e-4).fit(scale(x), y)
 
     def predict(v: np.ndarray) -> np.ndarray:
         out = np.full((len(v), k), -np.inf)

@@ -82,7 +82,7 @@ def phase_test(table: EvalTable, lq: np.ndarray, bins: np.ndarray, r: np.ndarray
     base = {"phase_rows": int(pr.usable.sum()), "phase_pairings": float(pr.distinct)}
     if pr.distinct < MIN_PAIRINGS:
         return {**base, "phase_p": None,
-                "phase_note": f"{pr.distinct} distinct pairings with episodes q never saw (need >= {MIN_PAIRINGS}): untested"}
+                "phase_note": f"{pr.distinct} distinct pairings with episodes q never saw, and a p-value needs >= {MIN_PAIRINGS}"}
     keys = table.target_keys()[r][pr.usable]
     real = bound_value(lq[pr.usable], bins[r][pr.usable], keys)
     null = np.array([bound_value(lq[pr.usable], bins[p[pr.usable]], keys) for p in pr.partners])

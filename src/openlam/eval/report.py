@@ -55,8 +55,10 @@ def key_rows(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
             lab = f"I(Z;A) held-out bound, {r['features']} [{s}] nats"
             rows[lab] = r
             rows[f"{lab}: ceiling H(A binned)"] = {"value": r.get("ceiling")}
-            rows[f"{lab}: phase-matched shuffle mean"] = {"value": r.get("phase_null_mean")}
-            rows[f"{lab}: phase-matched shuffle p"] = {"value": r.get("phase_p")}
+            for ref, gain in (r.get("gain_over") or {}).items():
+                rows[f"{lab}: gain over reference {ref}"] = gain
+            rows[f"{lab}: phase-matched pairings, mean"] = {"value": r.get("phase_null_mean")}
+            rows[f"{lab}: phase-matched pairings, p"] = {"value": r.get("phase_p")}
         elif k == "reference_mi_bound":
             rows[f"I(Z;A) held-out bound, reference {r['labeller']} [{s}] nats"] = r
         elif k == "probe_nmse":
@@ -181,8 +183,9 @@ def write_report(paths: list[Path], out: Path) -> Path:
     blocks.append(("p", "Held-out split shown; every split is read in the run's own section below. How to read this: "
                         "the held-out bound is a lower bound on I(Z; A) computed on episodes that neither the LAM's probes "
                         "nor q saw; the floors are what a labeller with no action information scores through the same "
-                        "pipeline; the phase-matched shuffle asks whether the latent knows this episode's action or only "
-                        "the task and the time in the episode. docs/metrics.md has the exact definitions."))
+                        "pipeline, and the gain over each is measured on the same rows; the phase-matched permutation test "
+                        "asks whether the latent knows this episode's action or only the task and the relative phase of the "
+                        "moment. docs/metrics.md has the exact definitions."))
     blocks.append(("h2", "Setup"))
     blocks.append(("p", "Values carry [95% interval] where one is defined: over episodes (leave-one-episode-out jackknife t "
                         "intervals for the bound, probe NMSE, InfoNCE and the viewpoint probe; percentile bootstrap for "
