@@ -25,6 +25,7 @@ from openlam.eval.bound import bound_estimate, bound_value, first_of, fit_q, gai
 from openlam.eval.controls import reference_tokens
 from openlam.eval.information import bound_records, insample_records, phase_test
 from openlam.eval.mi import ActionBins
+from openlam.eval.report import fmt
 from openlam.eval.probes import fit_ridge_cv, nmse, nmse_estimate, one_hot_tokens
 from openlam.eval.table import EvalTable
 
@@ -39,15 +40,6 @@ class AuditConfig:
     phase_draws: int = 200
     bins: int = 32
     seed: int = 0
-
-
-def _fmt(r: dict[str, Any] | None) -> str:
-    if r is None or r.get("value") is None:
-        return "–"
-    s = f"{r['value']:.3f}"
-    if r.get("ci_low") is not None:
-        s += f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-    return s
 
 
 def estimator_table(seed: int = 0) -> str:
@@ -67,8 +59,8 @@ def estimator_table(seed: int = 0) -> str:
         pl, kn = find(recs, metric="mi_insample", estimator="plugin_mm"), find(recs, metric="mi_insample", estimator="knn_ross")
         ins = lambda r: "–" if r is None or r["value"] is None else f"{r['value']:.3f} ({r['null']:.3f})"  # noqa: E731
         truth_c = "–" if case.truth_continuous is None else f"{case.truth_continuous:.3f}"
-        lines.append(f"| {name} | {case.truth:.3f} | {_fmt(bt)} | {_fmt(bc)} ({bc['estimator'][3:]}) | {truth_c} | "
-                     f"{_fmt(find(recs, metric='mi_infonce'))} | {ins(pl)} | {ins(kn)[:-1]}; {kn['rows_dropped']}/{kn['n']}) | "
+        lines.append(f"| {name} | {case.truth:.3f} | {fmt(bt)} | {fmt(bc)} ({bc['estimator'][3:]}) | {truth_c} | "
+                     f"{fmt(find(recs, metric='mi_infonce'))} | {ins(pl)} | {ins(kn)[:-1]}; {kn['rows_dropped']}/{kn['n']}) | "
                      f"{bt.get('phase_p', float('nan')):.3f} |")
         about.append(f"- **{name}** ({len(np.unique(t.episode[train]))} train / {bt['n_episodes']} test episodes, "
                      f"{len(np.unique(t.view))} views): {case.about}.")

@@ -158,6 +158,11 @@ def comparison_figures(metrics: list[dict[str, Any]], names: list[str], out: Pat
     bars_with_ci([x for x, _ in g], ser, "held-out bound on I(Z; A), 95% CI (dashed: best floor, random tokens / episode identity)",
                  "nats", out / "mi.png", floors)
     figs.append(("I(Z;A), held-out bound", "mi.png"))
+    gains = {n: [((r or {}).get("gain_over") or {}).get("random") for r in recs] for n, recs in ser.items()}
+    if any(x is not None for v in gains.values() for x in v):
+        bars_with_ci([x for x, _ in g], gains, "gain of the bound over random tokens on the same rows, 95% CI (the verdict's test: above 0)",
+                     "nats", out / "mi_gain.png", {n: [0.0] * len(g) for n in names})
+        figs.append(("I(Z;A), gain over random tokens", "mi_gain.png"))
     g = [("view probe onehot", {"metric": "viewpoint_probe_accuracy", "features": "onehot"}),
          ("view probe continuous", {"metric": "viewpoint_probe_accuracy", "features": "continuous"}),
          ("cross-view token agreement", {"metric": "crossview_token_agreement", "views": "mean"}),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from openlam.eval.report import fmt
+
 ALPHA = 0.05
 FLOORS = ("random", "episode_id")  # labellers with no action information (plots dash the higher of their bounds)
 LABELLER_NAMES = {"random": "random tokens", "episode_id": "episode identity", "task_phase": "task + relative phase",
@@ -24,15 +26,6 @@ def find(records: list[dict[str, Any]], **want: Any) -> dict[str, Any] | None:
 
 def _num(r: dict[str, Any] | None, key: str = "value") -> float | None:
     return None if r is None or r.get(key) is None else float(r[key])
-
-
-def _ci(r: dict[str, Any] | None) -> str:
-    if r is None or r.get("value") is None:
-        return "–"
-    s = f"{r['value']:.3f}"
-    if r.get("ci_low") is not None:
-        s += f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-    return s
 
 
 def judge(bound: dict[str, Any] | None) -> str:
@@ -85,12 +78,12 @@ def sentences(rd: dict[str, Any]) -> str:
     refs_b = ", ".join(f"{LABELLER_NAMES[k]} {_num(v):.3f}" for k, v in rd["ref_bound"].items() if _num(v) is not None)
     refs_n = ", ".join(f"{LABELLER_NAMES[k]} {_num(v):.3f}" for k, v in rd["ref_nmse"].items() if _num(v) is not None)
     probe = {"ridge": "Ridge probe", "mlp": "MLP probe"}.get(n["estimator"], "Probe") if n else "Probe"
-    gains = ", ".join(f"{LABELLER_NAMES[k]} {_ci(v)}" for k, v in (b.get("gain_over") or {}).items())
-    s = (f"{what} [{rd['split']}, {b.get('n_episodes')} held-out episodes]: held-out lower bound on I(Z; A) {_ci(b)} nats "
+    gains = ", ".join(f"{LABELLER_NAMES[k]} {fmt(v)}" for k, v in (b.get("gain_over") or {}).items())
+    s = (f"{what} [{rd['split']}, {b.get('n_episodes')} held-out episodes]: held-out lower bound on I(Z; A) {fmt(b)} nats "
          f"(q {b['estimator'][3:]}; ceiling {b.get('ceiling', float('nan')):.2f})"
          + (f"; the same bound for reference labellers: {refs_b}" if refs_b else "")
          + (f"; gain over each on the same rows: {gains}" if gains else "") + ". "
-         f"{probe} NMSE {_ci(n)}" + (f" (reference labellers, one-hot ridge: {refs_n})" if refs_n else "")
+         f"{probe} NMSE {fmt(n)}" + (f" (reference labellers, one-hot ridge: {refs_n})" if refs_n else "")
          + "; 1 = the held-out mean. ")
     if b.get("phase_p") is not None:
         how = f"all {b['phase_draws']}" if b.get("phase_exact") else f"{b['phase_draws']} of {b['phase_pairings']:.3g}"
