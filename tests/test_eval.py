@@ -270,6 +270,46 @@ def test_transfer_consistency_perfect_and_forgetful_loops(squares_cache):
     assert value(lossy, metric="transfer_probe_action_nmse")["value"] > 1.0
 
 
+def test_ceiling_must_share_data_gap_and_splits(tmp_path):
+    from openlam.errors import DataError
+    from openlam.eval.ceiling import check_same_data
+
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "labels.json").write_text(json.dumps({"dataset_fingerprint": "f1", "dataset": "d1", "views": ["a", "b"]}))
+    ours = {"gap": {"frames": 2}, "splits": {"test": {"rows": 10, "episodes": 2}}}
+    meta = {"dataset_fingerprint": "f1", "views": ["b", "a"]}
+    check_same_data(ours, dict(ours), meta, tmp_path)
+    with pytest.raises(DataError, match="dataset_fingerprint"):
+        check_same_data(ours, dict(ours), {**meta, "dataset_fingerprint": "f2", "dataset": "d2"}, tmp_path)
+    with pytest.raises(DataError, match="'views'"):
+        check_same_data(ours, dict(ours), {**meta, "views": ["a"]}, tmp_path)
+    with pytest.raises(DataError, match="'gap'"):
+        check_same_data(ours, {**ours, "gap": {"frames": 3}}, meta, tmp_path)
+    with pytest.raises(DataError, match="'splits'"):
+        check_same_data(ours, {**ours, "splits": {"test": {"rows": 9, "episodes": 2}}}, meta, tmp_path)
+
+
+def test_share_of_ceiling_pairs_split_and_probe():
+    from openlam.eval.ceiling import ceiling_records
+
+    ref = {"records": [
+        {"metric": "probe_nmse", "split": "test", "features": "continuous", "estimator": "ridge", "value": 0.2, "ci_low": 0.1, "ci_high": 0.3},
+        {"metric": "probe_nmse", "split": "test", "features": "continuous", "estimator": "mlp", "value": 0.1},
+        {"metric": "probe_nmse", "split": "ood_camera", "features": "continuous", "estimator": "ridge", "value": 1.1},
+        {"metric": "probe_nmse", "split": "test", "features": "onehot", "estimator": "ridge", "value": 0.9}]}  # not the ceiling
+    ours = [{"metric": "probe_nmse", "split": "test", "features": "onehot", "estimator": "ridge", "value": 0.6},
+            {"metric": "probe_nmse", "split": "test", "features": "continuous", "estimator": "mlp", "value": 0.55},
+            {"metric": "probe_nmse", "split": "ood_camera", "features": "onehot", "estimator": "ridge", "value": 0.9},
+            {"metric": "probe_nmse", "split": "ood:light", "features": "onehot", "estimator": "ridge", "value": 0.9},
+            {"metric": "mi_bound", "split": "test", "features": "tokens", "value": 0.3}]
+    recs = ceiling_records(ours, ref, "sup")
+    ceil = {(r["split"], r["estimator"]): r["value"] for r in recs if r["metric"] == "ceiling_probe_nmse"}
+    assert ceil == {("test", "ridge"): 0.2, ("test", "mlp"): 0.1, ("ood_camera", "ridge"): 1.1}
+    share = {(r["split"], r["features"], r["estimator"]): r["value"] for r in recs if r["metric"] == "share_of_ceiling"}
+    assert share == {("test", "onehot", "ridge"): pytest.approx(0.4 / 0.8), ("test", "continuous", "mlp"): pytest.approx(0.45 / 0.9),
+                     ("ood_camera", "onehot", "ridge"): None}
+
+
 def test_eval_report_compare_cli_end_to_end(tmp_path, capsys):
     from openlam.cli import main
     from openlam.models.config import LAMConfig
@@ -282,9 +322,19 @@ def test_eval_report_compare_cli_end_to_end(tmp_path, capsys):
     LatentActionModel(cfg).eval().save_pretrained(tmp_path / "model")
     args = ["--dataset", str(ds), "gap.seconds=null", "gap.frames=2", "n_boot=10", "infonce_steps=200", "transfer_pairs=32", "cka_rounds=5",
             "phase_draws=99", "mlp=false"]
-    for name, extra in (("a", []), ("b", ["--align", str(ds)])):  # b: CKA across datasets (here: the dataset and itself)
+    # b: CKA across datasets (here: the dataset and itself), and a as its "ceiling" (the same model: share exactly 1)
+    for name, extra in (("a", []), ("b", ["--align", str(ds), "--ceiling", str(tmp_path / "a")])):
         assert main(["eval", str(tmp_path / "model"), "--out", str(tmp_path / name / "eval"), *args, *extra]) == 0
     mb = json.loads((tmp_path / "b" / "eval" / "metrics.json").read_text())
+    ma = json.loads((tmp_path / "a" / "eval" / "metrics.json").read_text())
+    nm = {(r["features"], r["split"]): r["value"] for r in ma["records"] if r["metric"] == "probe_nmse"}
+    shares = {(r["features"], r["split"]): r for r in mb["records"] if r["metric"] == "share_of_ceiling"}
+    assert set(shares) == set(nm)
+    for (f, s), r in shares.items():  # an untrained model: a ceiling NMSE >= 1 defines no share
+        assert r["value"] == (pytest.approx((1 - nm[f, s]) / (1 - nm["continuous", s])) if nm["continuous", s] < 1 else None)
+    ceil = [r for r in mb["records"] if r["metric"] == "ceiling_probe_nmse" and r["split"] == "test"]
+    a_rec = next(r for r in ma["records"] if r["metric"] == "probe_nmse" and r["features"] == "continuous" and r["split"] == "test")
+    assert len(ceil) == 1 and all(ceil[0][k] == a_rec[k] for k in ("value", "ci_low", "ci_high", "n_episodes"))
     cka = [r for r in mb["records"] if r["metric"] == "cka"]
     assert len(cka) == 1 and cka[0]["domain"] == "dataset" and set(cka[0]["domains"].split("|")) == {"ds", "0-ds"}
     # a dataset against itself: nothing to strip (the domain classifier is at chance), centroids align
@@ -302,6 +352,9 @@ def test_eval_report_compare_cli_end_to_end(tmp_path, capsys):
     assert "| metric | a | b |" in md and "probe NMSE ridge onehot [test]" in md
     verdict = md[md.index("## Verdict"):md.index("## Setup")]
     assert "### a" in verdict and "### b" in verdict and verdict.count("**Verdict:") == 4  # tokens and embedding, per run
+    assert verdict.count("Supervised ceiling") == 2  # b only
+    assert ("recovers 100% of its explained variance" in verdict) == (nm["continuous", "test"] < 1)
+    assert "share of the ceiling's explained variance" in md
     assert (tmp_path / "rep" / "mi.png").is_file() and "<table>" in (tmp_path / "rep" / "report.html").read_text()
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0

@@ -88,7 +88,9 @@ def _cli_train(cfg: dict, tmp: Path, *extra: str, nproc: int = 1) -> subprocess.
 
 def test_resume_after_kill_is_exact(squares, tmp_path):
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
-    kw = {"steps": 60, "ckpt_every": 10, "log_every": 1}
+    # light supervision rides along: its head and statistics must resume exactly too
+    kw = {"steps": 60, "ckpt_every": 10, "log_every": 1,
+          "objectives": [{"kind": "reconstruction"}, {"kind": "action", "weight": 0.1, "options": {"fraction": 0.5}}]}
     ref = _cli_train(cfg_dict(squares, ref_out, **kw, **{"model.quantizer.kind": "nsvq", "model.quantizer.restart_every": 7}), tmp_path)
     assert ref.wait(300) == 0, ref.stdout.read()
     proc = _cli_train(cfg_dict(squares, out, **kw, **{"model.quantizer.kind": "nsvq", "model.quantizer.restart_every": 7}), tmp_path)
@@ -102,25 +104,33 @@ def test_resume_after_kill_is_exact(squares, tmp_path):
     res = _cli_train(cfg_dict(squares, out, **kw, **{"model.quantizer.kind": "nsvq", "model.quantizer.restart_every": 7}), tmp_path, "--resume")
     assert res.wait(300) == 0, res.stdout.read()
     assert losses(out) == losses(ref_out)  # the whole loss trajectory, bit for bit
-    a = load_file(str(ref_out / "checkpoints/step_00000060/model.safetensors"))
-    b = load_file(str(out / "checkpoints/step_00000060/model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for f in ("model", "objective"):
+        a = load_file(str(ref_out / f"checkpoints/step_00000060/{f}.safetensors"))
+        b = load_file(str(out / f"checkpoints/step_00000060/{f}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
 
 
-@pytest.mark.parametrize("objective", ["reconstruction", "cross_view"])
-def test_ddp_two_processes_match_single_process(squares, tmp_path, objective):
+# fraction 0.1: with 8 pairs per rank, many rank-steps have no labelled pair at all
+LIGHT = [{"kind": "reconstruction"}, {"kind": "action", "weight": 0.1, "options": {"fraction": 0.1}}]
+
+
+@pytest.mark.parametrize("objectives", [[{"kind": "reconstruction"}], [{"kind": "cross_view"}], LIGHT],
+                         ids=["reconstruction", "cross_view", "light_supervision"])
+def test_ddp_two_processes_match_single_process(squares, tmp_path, objectives):
     """With NSVQ noise and dead-code restarts too: both must use the global batch's randomness.
-    cross_view (MVP-LAM) goes through DDP's forward with its partner-row predictions."""
-    kw = {"steps": 12, "ckpt_every": 12, "log_every": 4, "batch_size": 16, "objectives": [{"kind": objective}],
+    cross_view (MVP-LAM) makes partner-row predictions; light supervision adds an objective-owned
+    head that DDP must sync like the LAM's own weights."""
+    kw = {"steps": 12, "ckpt_every": 12, "log_every": 4, "batch_size": 16, "objectives": objectives,
           "model.quantizer.kind": "nsvq", "model.quantizer.restart_every": 4, "model.quantizer.restart_threshold": 0.5}
     single = _cli_train(cfg_dict(squares, tmp_path / "one", **kw), tmp_path)
     assert single.wait(300) == 0, single.stdout.read()
     ddp = _cli_train(cfg_dict(squares, tmp_path / "two", **kw), tmp_path, nproc=2)
     assert ddp.wait(300) == 0, ddp.stdout.read()
-    a = load_file(str(tmp_path / "one/checkpoints/step_00000012/model.safetensors"))
-    b = load_file(str(tmp_path / "two/checkpoints/step_00000012/model.safetensors"))
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    for f in ("model", "objective") if objectives is LIGHT else ("model",):
+        a = load_file(str(tmp_path / f"one/checkpoints/step_00000012/{f}.safetensors"))
+        b = load_file(str(tmp_path / f"two/checkpoints/step_00000012/{f}.safetensors"))
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
     la, lb = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(la) == sorted(lb) and max(abs(la[s] - lb[s]) for s in la) < 1e-4
 
@@ -131,8 +141,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(squares, tmp_path, 
 
     real = trainer.build_objective
 
-    def poisoned(cfgs):
-        obj = real(cfgs)
+    def poisoned(cfgs, context=None):
+        obj = real(cfgs, context)
         calls = {"n": 0}
         fwd = obj.forward
 
@@ -205,3 +215,67 @@ def test_bf16_autocast_and_time_limit(squares, tmp_path):
     r = train(from_dict(TrainConfig, cfg_dict(squares, tmp_path / "tl", steps=100000, time_limit_s=0.5, log_every=1, ckpt_every=1000)))
     assert r["stopped_by_time_limit"] and r["steps"] < 100000
     assert (tmp_path / "tl" / "checkpoints" / f"step_{r['steps']:08d}" / "meta.json").is_file()
+
+
+def probe_rows(out: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in metrics(out) if "probe/nmse_continuous" in r}
+
+
+def test_supervised_reference_learns_the_action_and_the_online_probe_sees_it(tmp_path):
+    """The action objective alone is the supervised inverse-dynamics reference: its latent must come
+    to predict the action on validation episodes far better than the same encoder untrained, and
+    the online probe must log that, per action dim, in metrics.jsonl and summary.json."""
+    from openlam.data.cache import FrameCache
+    from openlam.data.pairs import PairDataset
+    from openlam.models.lam import LatentActionModel
+    from openlam.train.online_probe import OnlineProbe
+    from openlam.train.trainer import _fixed_batches
+
+    data = write_lerobot(tmp_path / "sq40", moving_squares(episodes=40, length=30, size=32, views=1), fps=10.0)
+    out = tmp_path / "sup"
+    cfg = from_dict(TrainConfig, cfg_dict(data, out, steps=600, probe_every=200, probe_pairs=256, log_every=50,
+                                          objectives=[{"kind": "action", "options": {"fraction": 1.0}}], **{"model.encoder.patch": 4}))
+    r = train(cfg)
+    rows = probe_rows(out)
+    assert sorted(rows) == [200, 400, 600]
+    assert set(rows[600]) >= {"probe/nmse_continuous", "probe/nmse_onehot", "probe/nmse_continuous/dx", "probe/nmse_continuous/dy"}
+    assert r["probe"] == {k: v for k, v in rows[600].items() if k != "step"}
+    cache = FrameCache(out / "cache")
+    tr, va = (PairDataset(cache, s, None, cfg.data.gap) for s in ("train", "val"))
+    probe = OnlineProbe(_fixed_batches(tr, 64, 4), _fixed_batches(va, 64, 4), ["dx", "dy"], 8)
+    torch.manual_seed(0)
+    untrained = probe(LatentActionModel(cfg.model), torch.device("cpu"))["probe/nmse_continuous"]
+    assert rows[600]["probe/nmse_continuous"] < min(0.35, 0.5 * untrained), (rows, untrained)
+    acts = [m["action/error"] for m in metrics(out) if "action/error" in m]
+    assert np.mean(acts[-50:]) < 0.5 * np.mean(acts[:50])
+    assert (out / "checkpoints/step_00000600/objective.safetensors").is_file()
+    from openlam.eval.plots import online_probe_curves, online_probe_plot
+
+    curves = online_probe_curves({"sup": out, "no_probe": tmp_path})  # a folder without probe rows is left out
+    assert list(curves) == ["sup"] and [r["step"] for r in curves["sup"]] == [200, 400, 600]
+    online_probe_plot(curves, tmp_path / "curve.png", {"sup": 0.2})
+    assert (tmp_path / "curve.png").stat().st_size > 5000
+
+
+def test_online_probe_changes_nothing_in_training(squares, tmp_path):
+    """Probing every few steps must leave the run bit-identical: no gradient, no RNG draw, no
+    usage update reaches the LAM (NSVQ noise and dead-code restarts would expose any)."""
+    kw = {"steps": 20, "ckpt_every": 20, "log_every": 5, "model.quantizer.kind": "nsvq", "model.quantizer.restart_every": 5}
+    train(from_dict(TrainConfig, cfg_dict(squares, tmp_path / "plain", **kw)))
+    train(from_dict(TrainConfig, cfg_dict(squares, tmp_path / "probed", probe_every=5, probe_pairs=64, **kw)))
+    a = load_file(str(tmp_path / "plain/checkpoints/step_00000020/model.safetensors"))
+    b = load_file(str(tmp_path / "probed/checkpoints/step_00000020/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(tmp_path / "plain") == losses(tmp_path / "probed")
+    assert sorted(probe_rows(tmp_path / "probed")) == [5, 10, 15, 20]
+
+
+def test_action_objective_and_probe_need_actions_and_a_val_split(tmp_path):
+    eps = moving_squares(episodes=4, length=12, size=32)
+    for e in eps:
+        e.actions, e.action_space = None, None
+    bare = write_lerobot(tmp_path / "bare", eps, fps=10.0)
+    with pytest.raises(ConfigError, match="kind 'action' needs training data with actions"):
+        train(from_dict(TrainConfig, cfg_dict(bare, tmp_path / "a", steps=2, objectives=[{"kind": "action"}])))
+    with pytest.raises(ConfigError, match="online probe needs actions"):
+        train(from_dict(TrainConfig, cfg_dict(bare, tmp_path / "b", steps=2, probe_every=1)))

@@ -112,6 +112,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     cfg = load_config(EvalConfig, a.config, a.overrides)
     if a.align:
         cfg.align = a.align
+    if a.ceiling:
+        cfg.ceiling = a.ceiling
     r = evaluate(a.run, a.dataset, a.out, cfg)
     print(f"evaluated {r['codebook']['num_pairs']} labelled pairs in {r['seconds']['total']:.0f} s -> {r['out']}/metrics.json, {r['out']}/plots/")
     from openlam.eval.report import compare_table
@@ -271,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", help="default: the run's own frame cache (same splits as training)")
     ev.add_argument("--out", help="default: RUN/eval")
     ev.add_argument("--align", type=_csv, help="more datasets for cross-dataset CKA alignment (comma-separated)")
+    ev.add_argument("--ceiling", help="an evaluated supervised-reference run on the same data (configs/supervised_tiny.yaml): "
+                    "shows its probe NMSE and the share of it this run recovers")
     ev.add_argument("--config", help="YAML EvalConfig")
     ev.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. n_boot=200 transfer_pairs=0")
     ev.set_defaults(fn=cmd_eval)

@@ -158,6 +158,25 @@ class PairDataset(torch.utils.data.Dataset):
         else:
             self._cum = None
 
+    def pairs_per_episode(self) -> dict[int, int]:
+        """Number of pairs (start frames) of each episode that has any."""
+        eps, counts = np.unique(self._ep, return_counts=True)
+        return {int(e): int(c) for e, c in zip(eps, counts)}
+
+    def action_stats(self, episodes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dim mean and std of the action target over this split's pairs at their epoch-0 gap
+        draws, optionally only over the pairs of `episodes`."""
+        if self._cum is None:
+            raise DataError(self.cache.path, "action_space", "a dataset with actions", "none")
+        idx = np.arange(len(self))
+        if episodes is not None:
+            idx = idx[np.isin(self._ep, episodes)]
+        if not len(idx):
+            raise ConfigError(f"action_stats: none of episodes {episodes[:10] if episodes else episodes} has pairs in this split")
+        g0 = self._start[idx] + self._t[idx]
+        a = action_targets(self._cum, self._actions, g0, self.gaps(idx, 0), self._delta).astype(np.float64)
+        return a.mean(0), a.std(0)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 

@@ -134,3 +134,38 @@ def eval_plots(result: dict[str, Any], table: EvalTable, cache: FrameCache, out:
     usage_plot(result["codebook"], out / "usage.png")
     code_examples(table, cache, out / "code_examples.png", codes=example_codes, seed=seed)
     return [out / "usage.png", out / "code_examples.png"]
+
+
+def online_probe_curves(runs: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
+    """Online-probe rows (step, probe/...) from each run's metrics.jsonl; runs without them are left out."""
+    import json
+
+    curves = {}
+    for name, run in runs.items():
+        path = run / "metrics.jsonl"
+        if path.is_file():
+            rows = [r for r in map(json.loads, path.read_text().splitlines()) if "probe/nmse_continuous" in r]
+            if rows:
+                curves[name] = rows
+    return curves
+
+
+def online_probe_plot(curves: dict[str, list[dict[str, Any]]], path: Path, ceiling: dict[str, float] | None = None) -> None:
+    """Validation NMSE of the online linear probe against training step, per run: continuous latent
+    (solid) and one-hot tokens (dashed); dotted: each run's held-out supervised ceiling, if known."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (name, rows) in enumerate(curves.items()):
+        c = f"C{i % 10}"
+        steps = [r["step"] for r in rows]
+        ax.plot(steps, [r["probe/nmse_continuous"] for r in rows], "-o", color=c, ms=3, label=f"{name} continuous")
+        ax.plot(steps, [r["probe/nmse_onehot"] for r in rows], "--s", color=c, ms=3, label=f"{name} one-hot")
+        if ceiling and ceiling.get(name) is not None:
+            ax.axhline(ceiling[name], color=c, ls=":", lw=1, label=f"{name} supervised ceiling (test)")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("NMSE on validation episodes (1 = the mean)")
+    ax.set_title("online linear probe (ridge, refit at each point)")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    plt.close(fig)

@@ -63,6 +63,10 @@ def key_rows(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
             rows[f"I(Z;A) held-out bound, reference {r['labeller']} [{s}] nats"] = r
         elif k == "probe_nmse":
             rows[f"probe NMSE {r['estimator']} {r['features']} [{s}] (lower better)"] = r
+        elif k == "ceiling_probe_nmse":
+            rows[f"probe NMSE {r['estimator']} continuous [{s}], supervised ceiling"] = r
+        elif k == "share_of_ceiling":
+            rows[f"probe NMSE {r['estimator']} {r['features']} [{s}]: share of the ceiling's explained variance"] = r
         elif k == "reference_probe_nmse":
             rows[f"probe NMSE ridge onehot, reference {r['labeller']} [{s}]"] = r
         elif k == "mi_infonce":
@@ -202,6 +206,14 @@ def write_report(paths: list[Path], out: Path) -> Path:
     blocks += [("h2", "Side by side"), ("table", [header] + rows)]
     for title, f in comparison_figures(metrics, names, out):
         blocks += [("h2", title), ("img", f)]
+    from openlam.eval.plots import online_probe_curves, online_probe_plot
+
+    curves = online_probe_curves({n: Path(m["run"]) for n, m in zip(names, metrics)})
+    if curves:
+        ceiling = {n: next((r["value"] for r in m["records"] if r["metric"] == "ceiling_probe_nmse" and r["split"] == "test"
+                            and r["estimator"] == "ridge"), None) for n, m in zip(names, metrics)}
+        online_probe_plot(curves, out / "online_probe.png", ceiling)
+        blocks += [("h2", "Online linear probe during training"), ("img", "online_probe.png")]
     for n, m in zip(names, metrics):
         blocks.append(("h2", f"Run {n}"))
         splits = ", ".join(f"{s}: {v['episodes']} episodes / {v['rows']} pairs" for s, v in m["splits"].items())

@@ -49,6 +49,7 @@ class EvalConfig:
     seed: int = 0
     device: str = "auto"
     align: list[str] = field(default_factory=list)  # more datasets for CKA (domains = datasets); empty: domains = views
+    ceiling: str | None = None  # an evaluated supervised-reference run on the same data: its NMSE and the share recovered
 
     def validate(self) -> None:
         if self.n_boot < 2:
@@ -107,6 +108,13 @@ def evaluate(run: str | Path, dataset: str | Path | None = None, out: str | Path
         "codebook": codebook_stats(table.tokens, table.codebook_size, table.view, table.task),
         "seconds": {"label": seconds_label, "total": time.perf_counter() - t0},
     }
+    if cfg.ceiling:
+        from openlam.eval.ceiling import ceiling_records, check_same_data
+        from openlam.eval.report import load_metrics
+
+        ref = load_metrics(Path(cfg.ceiling))
+        check_same_data(result, ref, table.meta, Path(ref["_dir"]))
+        result["records"] += ceiling_records(records, ref, cfg.ceiling)
     atomic_write_json(out / "metrics.json", result)
     from openlam.eval.plots import eval_plots
 

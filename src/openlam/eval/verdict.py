@@ -65,8 +65,10 @@ def readings(m: dict[str, Any]) -> list[dict[str, Any]]:
                 find(recs, metric="probe_nmse", split=s, features=probe[0], estimator="ridge")
             ref_b = {n: find(recs, metric="reference_mi_bound", split=s, labeller=n) for n in LABELLER_NAMES}
             ref_n = {n: find(recs, metric="reference_probe_nmse", split=s, labeller=n) for n in LABELLER_NAMES}
+            share = (find(recs, metric="share_of_ceiling", split=s, features=probe[0], estimator=nm["estimator"])
+                     or find(recs, metric="share_of_ceiling", split=s, features=probe[0], estimator="ridge")) if nm else None
             out.append({"split": s, "features": feats, "bound": bound, "nmse": nm, "ref_bound": ref_b, "ref_nmse": ref_n,
-                        "verdict": judge(bound)})
+                        "ceiling": share, "verdict": judge(bound)})
     return out
 
 
@@ -85,6 +87,11 @@ def sentences(rd: dict[str, Any]) -> str:
          + (f"; gain over each on the same rows: {gains}" if gains else "") + ". "
          f"{probe} NMSE {fmt(n)}" + (f" (reference labellers, one-hot ridge: {refs_n})" if refs_n else "")
          + "; 1 = the held-out mean. ")
+    c = rd.get("ceiling")
+    if c is not None:
+        s += f"Supervised ceiling (same encoder and data, trained on the true actions): {c['estimator']} probe NMSE {c['ceiling_nmse']:.3f}; "
+        s += (f"this latent recovers {100 * c['value']:.0f}% of its explained variance. " if c.get("value") is not None
+              else "the reference itself does no better than the mean, so no share is defined. ")
     if b.get("phase_p") is not None:
         how = f"all {b['phase_draws']}" if b.get("phase_exact") else f"{b['phase_draws']} of {b['phase_pairings']:.3g}"
         s += (f"Phase-matched pairings with unseen episodes of the same task ({how}): bound {b['phase_real']:.3f} on real pairs vs "

@@ -115,6 +115,15 @@ class LatentActionModel(nn.Module):
         tokens, ctx = self.encoder(pair, feats) if self.uses_backbone else self.encoder(pair)
         return PairEncoding(self._quantize(tokens), ctx, self._target_space(pair, feats))
 
+    def encode_continuous(self, pair: torch.Tensor) -> torch.Tensor:
+        """(B, K, code_dim) pre-quantization embedding of pairs, without the quantizer's side effects
+        (usage counts, dead-code restarts, data init): for an objective that reads the latent of
+        some rows beside the one that trains the quantizer on the whole batch."""
+        feats = self.encoder.features(pair) if self.uses_backbone else None
+        tokens, _ = self.encoder(pair, feats) if self.uses_backbone else self.encoder(pair)
+        with torch.autocast(tokens.device.type, enabled=False):
+            return self.quantizer.proj_in(tokens.float())
+
     def predict(self, enc: PairEncoding, z_q: torch.Tensor) -> torch.Tensor:
         """Prediction of o_t+H from enc's o_t (context) and the quantized latent z_q (B, K, D)."""
         return self._predict(enc.context, z_q, enc.space[:, 0])

@@ -19,8 +19,10 @@ def ckpt_dir(out: Path) -> Path:
     return out / "checkpoints"
 
 
-def save(out: Path, step: int, model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor] | None,
-         train_state: dict[str, Any], keep_last: int) -> Path:
+Weights = dict[str, dict[str, torch.Tensor]]  # file stem -> state dict: model, ema, objective
+
+
+def save(out: Path, step: int, weights: Weights, train_state: dict[str, Any], keep_last: int) -> Path:
     root = ckpt_dir(out)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
@@ -28,9 +30,8 @@ def save(out: Path, step: int, model_state: dict[str, torch.Tensor], ema_state: 
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
-    if ema_state is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()}, str(tmp / "ema.safetensors"))
+    for stem, state in weights.items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / f"{stem}.safetensors"))
     torch.save(train_state, tmp / "state.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step}))
     for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
@@ -52,11 +53,13 @@ def latest(out: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any]]:
+def load(path: Path) -> tuple[int, Weights, dict[str, Any]]:
+    """Step, every weight file by stem, and the training state."""
     if not (path / "meta.json").is_file():
         raise OpenLAMError(f"{path}: not a finished checkpoint (no meta.json)")
     step = json.loads((path / "meta.json").read_text())["step"]
-    model = load_file(str(path / "model.safetensors"))
-    ema = load_file(str(path / "ema.safetensors")) if (path / "ema.safetensors").is_file() else None
+    weights = {f.name.removesuffix(".safetensors"): load_file(str(f)) for f in sorted(path.glob("*.safetensors"))}
+    if "model" not in weights:
+        raise OpenLAMError(f"{path}: no model.safetensors; the checkpoint is incomplete, resume from an earlier one")
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    return step, model, ema, state
+    return step, weights, state

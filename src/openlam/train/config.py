@@ -56,6 +56,8 @@ class TrainConfig:
     preview_every: int = 200  # 0: only at the end
     eval_every: int = 0  # held-out reconstruction vs copy-last-frame; 0: only at the end
     eval_batches: int = 16
+    probe_every: int = 0  # online linear probe of the latent on val episodes every N steps (and at the end); 0: off
+    probe_pairs: int = 2048  # fixed train pairs the probe is fit on (and at most this many val pairs scored)
     ckpt_every: int = 500
     keep_last: int = 3
     time_limit_s: float = 0.0  # stop (with a checkpoint) after this much training time; 0: none

@@ -50,6 +50,11 @@ class RunLogger:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
 
+    def probe(self, step: int, values: dict[str, float]) -> None:
+        """Online-probe scores: a metrics.jsonl row and TensorBoard scalars."""
+        self.rows([{"step": step, **values}])
+        self.scalars(step, values)
+
     def text(self, step: int, tag: str, msg: str) -> None:
         if self.enabled:
             self.rows([{"step": step, "event": tag, "message": msg}])

@@ -26,11 +26,13 @@ from openlam.data.pairs import PairBatch, PairDataset
 from openlam.errors import ConfigError, OpenLAMError
 from openlam.models.lam import LatentActionModel
 from openlam.models.weights import load_strict
-from openlam.objectives import build_objective
+from openlam.objectives import Composite, build_objective
+from openlam.objectives.base import ObjectiveContext
 from openlam.train import checkpoint, distributed
 from openlam.train.config import TrainConfig
 from openlam.train.evaluate import preview_png, reconstruction_eval
 from openlam.train.logger import RunLogger
+from openlam.train.online_probe import OnlineProbe
 from openlam.train.sampler import StepBatchSampler
 
 
@@ -40,6 +42,25 @@ class NonFiniteLoss(OpenLAMError):
 
 def _keep(b: PairBatch) -> PairBatch:
     return b
+
+
+class Trainee(torch.nn.Module):
+    """The model and its objective as one module, so DDP syncs, torch.compile traces, the
+    optimiser updates and checkpoints keep every parameter that trains: an objective's own heads
+    (action supervision) as well as the LAM's."""
+
+    def __init__(self, model: LatentActionModel, objective: Composite):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: PairBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.objective(self.model, batch)
+
+
+def objective_context(model: LatentActionModel, cache: FrameCache, train_ds: PairDataset) -> ObjectiveContext:
+    return ObjectiveContext(pairs_per_episode=train_ds.pairs_per_episode(),
+                            latent_dim=model.cfg.quantizer.num_tokens * model.quantizer.code_dim,  # fsq: one dim per level
+                            action_stats=train_ds.action_stats if cache.action_space is not None else None)
 
 
 def resolve_cache(cfg: TrainConfig, out: Path, main: bool) -> FrameCache:
@@ -119,7 +140,8 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     if cfg.data.val_split in cache.splits and cache.splits[cfg.data.val_split]["episodes"]:
         val_ds = PairDataset(cache, cfg.data.val_split, train_ds.views, cfg.data.gap, seed=cfg.seed + 1)
     model = LatentActionModel(cfg.model).to(device)
-    objective = build_objective(cfg.objectives).to(device)
+    objective = build_objective(cfg.objectives, objective_context(model, cache, train_ds)).to(device)
+    trainee = Trainee(model, objective)
     if info.main:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
         atomic_write_json(out / "inputs.json", {
@@ -128,8 +150,8 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
             "gap": cfg.data.gap.describe(), "train_pairs": len(train_ds), "val_pairs": len(val_ds) if val_ds else 0,
         })
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), fused=True)
+    params = [p for p in trainee.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(_param_groups(trainee, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     ema = None
     if cfg.ema_decay > 0:
@@ -140,12 +162,14 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     if resume:
         path = checkpoint.latest(out)
         assert path is not None
-        start, mstate, estate, tstate = checkpoint.load(path)
-        load_strict(model, mstate, path / "model.safetensors")
+        start, weights, tstate = checkpoint.load(path)
+        load_strict(model, weights["model"], path / "model.safetensors")
+        if objective.state_dict() or "objective" in weights:
+            load_strict(objective, weights.get("objective", {}), path / "objective.safetensors")
         if ema is not None:
-            if estate is None:
+            if "ema" not in weights:
                 raise OpenLAMError(f"{path}: ema_decay > 0 but the checkpoint has no EMA weights")
-            load_strict(ema.module, estate, path / "ema.safetensors")
+            load_strict(ema.module, weights["ema"], path / "ema.safetensors")
             ema.n_averaged.fill_(tstate["ema_n"])
         opt.load_state_dict(tstate["optimizer"])
         sched.load_state_dict(tstate["scheduler"])
@@ -153,9 +177,10 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
         resumed_time = float(tstate.get("train_time_s", 0.0))
         if device.type == "cuda" and "rng_cuda" in tstate:
             torch.cuda.set_rng_state(tstate["rng_cuda"])
-    net: torch.nn.Module = model
-    if info.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net: torch.nn.Module = trainee
+    if info.world > 1:  # an objective that never decodes leaves the decoder without gradient
+        net = torch.nn.parallel.DistributedDataParallel(trainee, device_ids=[device.index] if device.type == "cuda" else None,
+                                                        find_unused_parameters=not objective.decodes)
     if cfg.compile:
         net = torch.compile(net)
 
@@ -168,6 +193,12 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     eval_batches = _fixed_batches(eval_ds, min(cfg.batch_size, 64), cfg.eval_batches) if info.main else []
     preview_batch = _fixed_batches(eval_ds, 8, 1)[0] if info.main else None
     log = RunLogger(out, cfg.steps, start, info.main)
+    probe, probed = None, (-1, {})
+    if info.main and cfg.probe_every:
+        if val_ds is None or cache.action_space is None:
+            raise ConfigError(f"probe_every: the online probe needs actions and a '{cfg.data.val_split}' split with episodes in {cache.path}")
+        n = -(-cfg.probe_pairs // 64)
+        probe = OnlineProbe(_fixed_batches(train_ds, 64, n), _fixed_batches(val_ds, 64, n), cache.action_space.names, model.cfg.codebook_size)
     restart_every = cfg.model.quantizer.restart_every
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     bad = torch.zeros((), dtype=torch.bool, device=device)
@@ -183,7 +214,12 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
             if ema is not None:
                 state["ema_n"] = int(ema.n_averaged.item())
             state["train_time_s"] = train_time  # the time budget spans resumes
-            checkpoint.save(out, step, model.state_dict(), ema.module.state_dict() if ema is not None else None, state, cfg.keep_last)
+            weights = {"model": model.state_dict()}
+            if objective.state_dict():
+                weights["objective"] = objective.state_dict()
+            if ema is not None:
+                weights["ema"] = ema.module.state_dict()
+            checkpoint.save(out, step, weights, state, cfg.keep_last)
         distributed.barrier()
 
     def flush(step: int) -> bool:
@@ -238,7 +274,7 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     for step, batch in zip(range(start, cfg.steps), loader):
         batch = batch.to(device, non_blocking=True)
         with amp:
-            loss, logs = objective(net, batch)
+            loss, logs = net(batch)
         loss.backward()
         # the norm is always computed: a finite loss with non-finite gradients must also stop training
         logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
@@ -261,6 +297,9 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
             atomic_write_bytes(out / "previews" / f"step_{last_step:08d}.png", preview_png(model, preview_batch, device))
         if info.main and cfg.eval_every and last_step % cfg.eval_every == 0:
             log.scalars(last_step, {f"eval/{k}": float(v) for k, v in reconstruction_eval(model, eval_batches, device).items()})
+        if probe is not None and last_step % cfg.probe_every == 0:
+            probed = (last_step, probe(model, device))
+            log.probe(*probed)
         paused += time.perf_counter() - t_side
         if last_step % cfg.ckpt_every == 0 or last_step == cfg.steps or stop:
             if window:
@@ -274,6 +313,11 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     if info.main:
         result["eval"] = reconstruction_eval(model, eval_batches, device)
         result["eval_split"] = cfg.data.val_split if val_ds is not None else cfg.data.train_split
+        if probe is not None:
+            if probed[0] != last_step:
+                probed = (last_step, probe(model, device))
+                log.probe(*probed)
+            result["probe"] = probed[1]
         atomic_write_bytes(out / "previews" / f"step_{last_step:08d}.png", preview_png(model, preview_batch, device))
         model.save_pretrained(out / "model")
         if ema is not None:
