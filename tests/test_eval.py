@@ -334,6 +334,9 @@ def test_eval_report_compare_cli_end_to_end(tmp_path, capsys):
         assert r["value"] == (pytest.approx((1 - nm[f, s]) / (1 - nm["continuous", s])) if nm["continuous", s] < 1 else None)
     ceil = [r for r in mb["records"] if r["metric"] == "ceiling_probe_nmse" and r["split"] == "test"]
     a_rec = next(r for r in ma["records"] if r["metric"] == "probe_nmse" and r["features"] == "continuous" and r["split"] == "test")
+    # per action dim (named) and per camera: NMSE is the mean of the per-dim ratios; each view's value is its own NMSE
+    assert list(a_rec["per_dim"]) == ["dx", "dy"] and np.mean(list(a_rec["per_dim"].values())) == pytest.approx(a_rec["value"])
+    assert sorted(a_rec["per_view"]) == ["view0", "view1"] and all(np.isfinite(v) for v in a_rec["per_view"].values())
     assert len(ceil) == 1 and all(ceil[0][k] == a_rec[k] for k in ("value", "ci_low", "ci_high", "n_episodes"))
     cka = [r for r in mb["records"] if r["metric"] == "cka"]
     assert len(cka) == 1 and cka[0]["domain"] == "dataset" and set(cka[0]["domains"].split("|")) == {"ds", "0-ds"}

@@ -127,3 +127,23 @@ def test_split_without_cached_cameras_is_an_error(tmp_path, episodes):
     cache.splits["train"]["cameras"] = []
     with pytest.raises(DataError, match=r"'splits\.train\.cameras': expected at least one cached camera"):
         PairDataset(cache, split="train")
+
+
+def test_nested_subset_only_adds_episodes_and_balances_tasks():
+    from openlam.data.splits import nested_subset
+
+    eps = list(range(100, 130))
+    tasks = ["a"] * 15 + ["b"] * 10 + ["c"] * 5
+    prev: set[int] = set()
+    for n in range(1, 31):
+        sub = nested_subset(eps, tasks, n, seed=0)
+        assert len(sub) == n and prev <= set(sub) and set(sub) <= set(eps)
+        per = [sum(tasks[eps.index(e)] == t for e in sub) for t in "abc"]
+        cap = [15, 10, 5]
+        if n < 30:  # round-robin: each task holds k or k + 1 episodes, or all it has
+            k = min(p for p, c in zip(per, cap) if p < c)
+            assert all(p in (min(c, k), min(c, k + 1)) for p, c in zip(per, cap)), (n, per)
+        prev = set(sub)
+    assert nested_subset(eps, tasks, 6, seed=1) != nested_subset(eps, tasks, 6, seed=0)
+    with pytest.raises(ValueError, match="1 <= n <= 30"):
+        nested_subset(eps, tasks, 31)

@@ -91,3 +91,12 @@ def test_episode_folds_never_split_an_episode():
 def test_one_hot_layout():
     x = one_hot_tokens(np.array([[0, 3], [2, 1]]), 4)
     np.testing.assert_array_equal(x, [[1, 0, 0, 0, 0, 0, 0, 1], [0, 0, 1, 0, 0, 1, 0, 0]])
+
+
+def test_per_dim_nmse_exact():
+    from openlam.eval.probes import per_dim_nmse
+
+    target = np.array([[0.0, 1.0, 5.0], [2.0, 1.0, 5.0], [4.0, 1.0, 5.0]])
+    pred = np.array([[1.0, 0.0, 5.0], [2.0, 0.0, 5.0], [3.0, 0.0, 5.0]])
+    got = per_dim_nmse(pred, target)
+    assert got[0] == pytest.approx((2 / 3) / (8 / 3)) and np.isnan(got[1]) and np.isnan(got[2])  # constant dims: undefined

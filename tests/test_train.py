@@ -279,3 +279,13 @@ def test_action_objective_and_probe_need_actions_and_a_val_split(tmp_path):
         train(from_dict(TrainConfig, cfg_dict(bare, tmp_path / "a", steps=2, objectives=[{"kind": "action"}])))
     with pytest.raises(ConfigError, match="online probe needs actions"):
         train(from_dict(TrainConfig, cfg_dict(bare, tmp_path / "b", steps=2, probe_every=1)))
+
+
+def test_train_episodes_restricts_training_to_a_nested_subset(squares, tmp_path):
+    out = tmp_path / "sub"
+    train(from_dict(TrainConfig, cfg_dict(squares, out, steps=2, ckpt_every=2, **{"data.train_episodes": 3})))
+    used = json.loads((out / "inputs.json").read_text())["train_episodes"]
+    full = json.loads((out / "cache" / "cache.json").read_text())["splits"]["train"]["episodes"]
+    assert len(used) == 3 and set(used) < set(full)
+    with pytest.raises(ConfigError, match=r"data.train_episodes: 99 is not in 1\.\.\d+"):
+        train(from_dict(TrainConfig, cfg_dict(squares, tmp_path / "big", steps=2, **{"data.train_episodes": 99})))

@@ -105,7 +105,9 @@ class PairDataset(torch.utils.data.Dataset):
         gap: GapConfig | None = None,
         seed: int = 0,
         with_masks: bool = True,
+        episodes: list[int] | None = None,
     ):
+        """episodes: keep only these episodes of the split (each must belong to it)."""
         self.cache = cache
         self.gap_cfg = gap or GapConfig()
         self.gap_cfg.validate()
@@ -118,6 +120,11 @@ class PairDataset(torch.utils.data.Dataset):
         else:
             eps = cache.splits[split]["episodes"]
             split_cams = cache.splits[split].get("cameras", cache.cameras)
+        if episodes is not None:
+            outside = sorted(set(episodes) - set(eps))
+            if outside:
+                raise ConfigError(f"episodes {outside[:10]} are not in split '{split}' of {cache.path}")
+            eps = sorted(episodes)
             if not split_cams and views is None:
                 raise DataError(cache.path / "cache.json", f"splits.{split}.cameras",
                                 f"at least one cached camera for split '{split}' (cached: {cache.cameras})", "none")

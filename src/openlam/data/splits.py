@@ -81,6 +81,20 @@ def make_splits(infos: list[EpisodeInfo], cameras: list[str], cfg: SplitConfig) 
     return out
 
 
+def nested_subset(episodes: list[int], tasks: list[str], n: int, seed: int = 0) -> list[int]:
+    """n of `episodes` (tasks[i] is episode i's task), taken round-robin over tasks, each task's
+    episodes in a seeded order: the subset for n lies inside the one for n + 1, so a data-size
+    curve only ever adds episodes, and every task is represented as evenly as it can be."""
+    if not 1 <= n <= len(episodes):
+        raise ValueError(f"need 1 <= n <= {len(episodes)} episodes, got {n}")
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for e, t in zip(episodes, tasks):
+        by_task[t].append(e)
+    queues = [sorted(by_task[t], key=lambda e: _hash01(seed, f"subset:{e}")) for t in sorted(by_task)]
+    order = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+    return sorted(order[:n])
+
+
 def check_splits(splits: dict[str, dict[str, Any]], n_episodes: int, cameras: list[str], where: Any) -> None:
     """Stored splits must be in range, use known cameras, and train must not share episodes with
     val/test (OOD splits may reuse test episodes, e.g. ood_camera)."""

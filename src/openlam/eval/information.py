@@ -23,7 +23,7 @@ from openlam.eval.bound import QModel, bound_estimate, bound_value, fit_q, gain_
 from openlam.eval.controls import phase_pairings, reference_tokens
 from openlam.eval.intervals import mean_interval
 from openlam.eval.mi import ActionBins, entropy_mm, knn_mi, per_view, permutation_null, plugin_mi, singletons
-from openlam.eval.probes import fit_ridge_cv, mlp_probe, nmse_estimate, one_hot_tokens
+from openlam.eval.probes import fit_ridge_cv, mlp_probe, nmse, nmse_estimate, one_hot_tokens, per_dim_nmse
 from openlam.eval.table import EvalTable
 
 if TYPE_CHECKING:
@@ -45,8 +45,11 @@ def probe_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: E
         for probe, pred in preds.items():
             for s in splits:
                 r = table.rows(s)
+                names = table.action_names or [str(d) for d in range(y.shape[1])]
+                views = {str(v): nmse(pred[r][table.view[r] == v], y[r][table.view[r] == v]) for v in np.unique(table.view[r])}
                 recs.append({"metric": "probe_nmse", "split": s, "features": fname, "estimator": probe, **table.counts(r),
-                             "lambda": ridge.lam if probe == "ridge" else None, **nmse_estimate(pred[r], y[r], g[r]).to_dict()})
+                             "lambda": ridge.lam if probe == "ridge" else None, **nmse_estimate(pred[r], y[r], g[r]).to_dict(),
+                             "per_dim": dict(zip(names, map(float, per_dim_nmse(pred[r], y[r])))), "per_view": views})
     return recs, ridges
 
 

@@ -38,6 +38,14 @@ def nmse(pred: np.ndarray, target: np.ndarray) -> float:
     return float((((pred - target) ** 2).mean(0)[varies] / var[varies]).mean())
 
 
+def per_dim_nmse(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """MSE_d / Var_d per target dim (NaN where the scored targets do not vary)."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    var = target.var(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(var > 1e-12, ((pred - target) ** 2).mean(0) / var, np.nan)
+
+
 def nmse_estimate(pred: np.ndarray, target: np.ndarray, episodes: np.ndarray, level: float = 0.95) -> Estimate:
     """NMSE with its leave-one-episode-out jackknife interval (the normaliser is recomputed on each
     leave-one-out sample)."""

@@ -4,7 +4,7 @@ cameras, so `ood_camera` rows are the held-out views only)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class EvalTable:
     splits: dict[str, np.ndarray]  # split name -> (N,) bool
     meta: dict[str, Any]  # labels.json
     codebook_size: int
+    action_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.episode)
@@ -89,4 +90,4 @@ def build_table(labels_dir: str | Path, cache: FrameCache, require_actions: bool
         in_eps = np.isin(ep, np.asarray(sp["episodes"], dtype=np.int64))
         splits[name] = in_eps & np.isin(view, np.asarray(sp.get("cameras", cache.cameras), dtype=object))
     return EvalTable(ep, frame, view, gap, tokens, z, action, tasks[ep] if len(ep) else tasks[:0], splits, meta,
-                     int(meta["codebook_size"]))
+                     int(meta["codebook_size"]), list(cache.action_space.names) if cache.action_space is not None else [])

@@ -19,6 +19,9 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     gap: GapConfig = field(default_factory=lambda: GapConfig(seconds=None, frames=4))
+    # train on N episodes of the train split (task-balanced, nested: N + 1 adds one), for data-size
+    # curves on one generated dataset; val/test are unchanged. None: every train episode
+    train_episodes: int | None = None
     workers: int = 2
     fps: float | None = None  # for image-sequence folders
 

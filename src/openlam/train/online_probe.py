@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from openlam.data.pairs import PairBatch
-from openlam.eval.probes import fit_ridge_cv, nmse, one_hot_tokens
+from openlam.eval.probes import fit_ridge_cv, nmse, one_hot_tokens, per_dim_nmse
 from openlam.models.lam import LatentActionModel
 from openlam.objectives.reconstruction import stack_views
 
@@ -37,13 +37,6 @@ def encode_pairs(model: LatentActionModel, batches: list[PairBatch], device: tor
         parts["episode"].append(b.episode.repeat_interleave(V, 0).numpy())
     model.train(was)
     return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def per_dim_nmse(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """MSE_d / Var_d per action dim (NaN where the scored targets do not vary)."""
-    var = target.var(0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(var > 1e-12, ((pred - target) ** 2).mean(0) / var, np.nan)
 
 
 class OnlineProbe:

@@ -77,6 +77,22 @@ def resolve_cache(cfg: TrainConfig, out: Path, main: bool) -> FrameCache:
     return FrameCache(path)
 
 
+def train_subset(cfg: TrainConfig, cache: FrameCache) -> list[int] | None:
+    """data.train_episodes of the train split (nested, task-balanced), or None for all of it."""
+    n = cfg.data.train_episodes
+    if n is None:
+        return None
+    if cfg.data.train_split not in cache.splits:
+        raise ConfigError(f"split '{cfg.data.train_split}' not in {cache.path}; available: {sorted(cache.splits)}")
+    eps = cache.splits[cfg.data.train_split]["episodes"]
+    if not 1 <= n <= len(eps):
+        raise ConfigError(f"data.train_episodes: {n} is not in 1..{len(eps)} (the train split of {cache.path})")
+    from openlam.data.splits import nested_subset
+
+    tasks = [str(cache.episodes[e]["metadata"].get("task", cache.episodes[e]["language"])) for e in eps]
+    return nested_subset(eps, tasks, n, seed=0)
+
+
 def check_data_fits_model(cfg: TrainConfig, cache: FrameCache, train: PairDataset) -> None:
     """Shape and view mismatches are config errors before any training step."""
     if cfg.model.encoder.kind == "pixel" and cache.size != cfg.model.image_size:
@@ -134,7 +150,7 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
         torch.use_deterministic_algorithms(True)
     cache = resolve_cache(cfg, out, info.main)
-    train_ds = PairDataset(cache, cfg.data.train_split, cfg.data.views, cfg.data.gap, seed=cfg.seed)
+    train_ds = PairDataset(cache, cfg.data.train_split, cfg.data.views, cfg.data.gap, seed=cfg.seed, episodes=train_subset(cfg, cache))
     check_data_fits_model(cfg, cache, train_ds)
     val_ds = None
     if cfg.data.val_split in cache.splits and cache.splits[cfg.data.val_split]["episodes"]:
@@ -148,6 +164,7 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
             "cache": str(cache.path.resolve()), "source": cache.meta["source"],
             "source_fingerprint": cache.meta["source_fingerprint"], "views": train_ds.views,
             "gap": cfg.data.gap.describe(), "train_pairs": len(train_ds), "val_pairs": len(val_ds) if val_ds else 0,
+            "train_episodes": sorted(train_ds.pairs_per_episode()),
         })
 
     params = [p for p in trainee.parameters() if p.requires_grad]
