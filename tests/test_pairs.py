@@ -129,6 +129,16 @@ def test_split_without_cached_cameras_is_an_error(tmp_path, episodes):
         PairDataset(cache, split="train")
 
 
+def test_episode_subset_must_lie_in_the_split(tmp_path, episodes):
+    cache = FrameCache(build_cache(write_lerobot(tmp_path / "ds", episodes, fps=20.0), tmp_path / "c", CacheConfig(size=16)))
+    train = cache.splits["train"]["episodes"]
+    ds = PairDataset(cache, split="train", episodes=train[:1])
+    assert sorted(ds.pairs_per_episode()) == train[:1]
+    outside = next(e for e in range(len(cache.episodes)) if e not in train)
+    with pytest.raises(ConfigError, match=rf"episodes \[{outside}\] are not in split 'train'"):
+        PairDataset(cache, split="train", episodes=[outside])
+
+
 def test_nested_subset_only_adds_episodes_and_balances_tasks():
     from openlam.data.splits import nested_subset
 

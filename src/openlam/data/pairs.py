@@ -120,14 +120,14 @@ class PairDataset(torch.utils.data.Dataset):
         else:
             eps = cache.splits[split]["episodes"]
             split_cams = cache.splits[split].get("cameras", cache.cameras)
+            if not split_cams and views is None:
+                raise DataError(cache.path / "cache.json", f"splits.{split}.cameras",
+                                f"at least one cached camera for split '{split}' (cached: {cache.cameras})", "none")
         if episodes is not None:
             outside = sorted(set(episodes) - set(eps))
             if outside:
                 raise ConfigError(f"episodes {outside[:10]} are not in split '{split}' of {cache.path}")
             eps = sorted(episodes)
-            if not split_cams and views is None:
-                raise DataError(cache.path / "cache.json", f"splits.{split}.cameras",
-                                f"at least one cached camera for split '{split}' (cached: {cache.cameras})", "none")
         self.views = list(views) if views is not None else list(split_cams)
         missing = [v for v in self.views if v not in cache.cameras]
         if missing:
