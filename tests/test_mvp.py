@@ -167,3 +167,41 @@ def test_presets_and_the_experiment_config_load_at_both_scales():
         load_experiment(exp, ["scale=tpu"])
     with pytest.raises(ConfigError):  # an arm's bad override is caught before any data is generated
         load_experiment(exp, ["arms=[{name: x, config: configs/lapa_tiny.yaml, overrides: [model.nope=1]}]"])
+    with pytest.raises(ConfigError, match="ceiling 'sup' is not an arm"):
+        load_experiment(exp, ["ceiling=sup"])
+    for other in sorted((root / "configs" / "experiments").glob("*.yaml")):
+        load_experiment(other, [])
+
+
+def test_seen_table_averages_per_dim_and_per_camera_over_seeds():
+    from openlam.experiment import seen_table
+
+    def run(dx: float, cam: float) -> dict:
+        rec = {"metric": "probe_nmse", "split": "test", "features": "continuous", "estimator": "ridge", "value": 0.5,
+               "per_dim": {"dx": dx, "dy": 0.2}, "per_view": {"corner": cam, "topview": 0.9}}
+        return {"records": [rec, {**rec, "estimator": "mlp", "per_dim": {"dx": 9.0, "dy": 9.0}}, {**rec, "split": "ood_camera"}]}
+
+    rows = seen_table({"sup": [run(0.4, 0.1), run(0.6, 0.3)], "empty": []})
+    assert rows[0] == "| arm, latent | dim dx | dim dy | camera corner | camera topview |"
+    assert rows[2] == "| sup continuous | 0.500 | 0.200 | 0.200 | 0.900 |" and len(rows) == 3
+
+
+def test_experiment_reads_every_arm_against_its_seeds_ceiling_run(tmp_path, monkeypatch):
+    import openlam.eval.report as report
+    import openlam.experiment as ex
+
+    calls = []
+
+    def fake_run(cfg, arm, seed, cache, out, ceiling=None):
+        calls.append((arm.name, seed, ceiling.name if ceiling else None))
+        return tmp_path / f"{arm.name}-s{seed}", 1.0, 1.0
+
+    monkeypatch.setattr(ex, "_data", lambda cfg, out: (tmp_path, tmp_path, 0.0))
+    monkeypatch.setattr(ex, "_train_and_eval", fake_run)
+    monkeypatch.setattr(ex, "results_section", lambda *a, **k: "")
+    monkeypatch.setattr(report, "write_report", lambda runs, out: None)
+    monkeypatch.setattr(report, "load_metrics", lambda run: {})
+    cfg = ex.ExperimentConfig(arms=[ex.ArmConfig("lapa"), ex.ArmConfig("sup")], seeds=[0, 1], ceiling="sup",
+                              out=str(tmp_path / "x"), results=str(tmp_path / "results.md"))
+    ex.run_experiment(cfg)
+    assert calls == [("sup", 0, None), ("lapa", 0, "sup-s0"), ("sup", 1, None), ("lapa", 1, "sup-s1")]

@@ -41,6 +41,9 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     train: list[str] = field(default_factory=list)  # KEY=VALUE on every arm's TrainConfig (steps, batch size ...)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # name of the arm that is the supervised reference (the `action` objective alone): each seed's
+    # run of it is the ceiling of that seed's other runs (`openlam eval --ceiling`); None: no ceiling
+    ceiling: str | None = None
     out: str = "runs/experiment"
     results: str = "docs/results.md"
     figures: str = "docs/figures"  # bar charts go to <figures>/<name>/
@@ -53,6 +56,8 @@ class ExperimentConfig:
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ConfigError(f"experiment: arm names must be unique, got {names}")
+        if self.ceiling is not None and self.ceiling not in names:
+            raise ConfigError(f"experiment: ceiling '{self.ceiling}' is not an arm; arms: {names}")
 
 
 def load_experiment(path: str | Path, overrides: list[str]) -> ExperimentConfig:
@@ -105,9 +110,11 @@ def _data(cfg: ExperimentConfig, out: Path) -> tuple[Path, Path, float]:
     return data, cache, time.perf_counter() - t0
 
 
-def _train_and_eval(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Path, out: Path) -> tuple[Path, float, float]:
-    """Train (or resume, or reuse a finished run made from the same config) and evaluate one run.
-    Returns the run folder, its training time and its evaluation time (from their own records)."""
+def _train_and_eval(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Path, out: Path,
+                    ceiling: Path | None = None) -> tuple[Path, float, float]:
+    """Train (or resume, or reuse a finished run made from the same config) and evaluate one run,
+    against the ceiling run when given. Returns the run folder, its training time and its
+    evaluation time (from their own records)."""
     from openlam.artifacts import atomic_write_json
     from openlam.errors import OpenLAMError
     from openlam.eval.suite import evaluate
@@ -125,6 +132,7 @@ def _train_and_eval(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Pat
         train(tcfg, resume=checkpoint.latest(run) is not None)
     metrics = run / "eval" / "metrics.json"
     ecfg = from_dict(EvalConfig, to_dict(cfg.eval))
+    ecfg.ceiling = str(ceiling) if ceiling is not None else None
     if not metrics.is_file() or json.loads(metrics.read_text()).get("config") != to_dict(ecfg):
         evaluate(run, cfg=ecfg)
     train_s = float(json.loads((run / "summary.json").read_text()).get("train_time_s", 0.0))
@@ -140,9 +148,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     data, cache, data_s = _data(cfg, out)
     runs: dict[str, list[Path]] = {a.name: [] for a in cfg.arms}
     timing: dict[str, list[tuple[float, float]]] = {a.name: [] for a in cfg.arms}
+    order = sorted(cfg.arms, key=lambda a: a.name != cfg.ceiling)  # the ceiling first: the others are read against it
     for seed in cfg.seeds:
-        for arm in cfg.arms:
-            run, tr, ev = _train_and_eval(cfg, arm, seed, cache, out)
+        ceiling = None
+        for arm in order:
+            run, tr, ev = _train_and_eval(cfg, arm, seed, cache, out, ceiling if arm.name != cfg.ceiling else None)
+            ceiling = run if arm.name == cfg.ceiling else ceiling
             runs[arm.name].append(run)
             timing[arm.name].append((tr, ev))
     all_runs = [r for a in cfg.arms for r in runs[a.name]]
@@ -183,6 +194,27 @@ def paired_differences(arms: list[str], rows_by_arm: dict[str, list[dict[str, di
             cells = " | ".join("–" if x is None else f"{x:+.3f}" for x in d)
             out.append(f"| {lab.replace('|', chr(92) + '|')} | {arm} − {base} | {cells} | {vals.mean():+.3f} "
                        f"[{vals.mean() - half:+.3f}, {vals.mean() + half:+.3f}] | {int((vals > 0).sum())}/{len(vals)} |")
+    return out
+
+
+def seen_table(metrics: dict[str, list[dict[str, Any]]], split: str = "test") -> list[str]:
+    """Markdown rows: per arm and latent (continuous, one-hot), the ridge probe's NMSE per action
+    dim and per camera, averaged over seeds."""
+    rows: list[tuple[str, dict[str, float]]] = []
+    for arm, ms in metrics.items():
+        for feats in ("continuous", "onehot"):
+            recs = [r for m in ms for r in m["records"] if r["metric"] == "probe_nmse" and r["split"] == split
+                    and r["features"] == feats and r["estimator"] == "ridge" and r.get("per_dim")]
+            if recs:
+                vals = [{**{f"dim {k}": v for k, v in r["per_dim"].items()}, **{f"camera {k}": v for k, v in r["per_view"].items()}}
+                        for r in recs]
+                cols = list(dict.fromkeys(c for v in vals for c in v))
+                rows.append((f"{arm} {feats}", {c: float(np.nanmean([v.get(c, np.nan) for v in vals])) for c in cols}))
+    if not rows:
+        return ["(no per-dim records)"]
+    cols = list(dict.fromkeys(c for _, r in rows for c in r))
+    out = [f"| arm, latent | {' | '.join(cols)} |", "|---|" + "---|" * len(cols)]
+    out += [f"| {name} | " + " | ".join(f"{r[c]:.3f}" if c in r else "–" for c in cols) + " |" for name, r in rows]
     return out
 
 
@@ -246,6 +278,11 @@ def results_section(cfg: ExperimentConfig, metrics: dict[str, list[dict[str, Any
         f"with {len(cfg.seeds)} seeds the t interval is wide, and a sign shared by every seed is the most a reading should rest on):",
         "",
         "\n".join(paired_differences(arms, rows_by_arm, cfg.seeds)) if len(arms) > 1 else "(one arm: nothing to pair)",
+        "",
+        "What the latent sees: ridge-probe NMSE on the test split per action dim and per camera (mean over seeds; "
+        "1 = no better than the mean):",
+        "",
+        "\n".join(seen_table(metrics)),
         "",
         "All numbers, mean ± sd over seeds and per seed with its 95% interval:",
         "",
