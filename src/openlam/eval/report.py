@@ -54,7 +54,7 @@ def key_rows(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if k == "mi_bound":
             lab = f"I(Z;A) held-out bound, {r['features']} [{s}] nats"
             rows[lab] = r
-            rows[f"{lab}: ceiling H(A binned)"] = {"value": r.get("ceiling")}
+            rows[f"{lab}: upper limit H(A binned)"] = {"value": r.get("ceiling")}
             for ref, gain in (r.get("gain_over") or {}).items():
                 rows[f"{lab}: gain over reference {ref}"] = gain
             rows[f"{lab}: phase-matched pairings, mean"] = {"value": r.get("phase_null_mean")}

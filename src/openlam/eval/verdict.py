@@ -82,7 +82,7 @@ def sentences(rd: dict[str, Any]) -> str:
     probe = {"ridge": "Ridge probe", "mlp": "MLP probe"}.get(n["estimator"], "Probe") if n else "Probe"
     gains = ", ".join(f"{LABELLER_NAMES[k]} {fmt(v)}" for k, v in (b.get("gain_over") or {}).items())
     s = (f"{what} [{rd['split']}, {b.get('n_episodes')} held-out episodes]: held-out lower bound on I(Z; A) {fmt(b)} nats "
-         f"(q {b['estimator'][3:]}; ceiling {b.get('ceiling', float('nan')):.2f})"
+         f"(q {b['estimator'][3:]}; at most H(A binned) = {b.get('ceiling', float('nan')):.2f})"
          + (f"; the same bound for reference labellers: {refs_b}" if refs_b else "")
          + (f"; gain over each on the same rows: {gains}" if gains else "") + ". "
          f"{probe} NMSE {fmt(n)}" + (f" (reference labellers, one-hot ridge: {refs_n})" if refs_n else "")
