@@ -275,9 +275,10 @@ def results_section(cfg: ExperimentConfig, metrics: dict[str, list[dict[str, Any
         "\n".join(verdicts),
         "",
         f"Paired differences on the headline numbers (each seed's {arms[0]} run and other arm share data and seed; "
-        f"with {len(cfg.seeds)} seeds the t interval is wide, and a sign shared by every seed is the most a reading should rest on):",
+        f"with {len(cfg.seeds)} seed(s) the t interval is wide, and a sign shared by every seed is the most a reading should rest on):",
         "",
-        "\n".join(paired_differences(arms, rows_by_arm, cfg.seeds)) if len(arms) > 1 else "(one arm: nothing to pair)",
+        "(one arm: nothing to pair)" if len(arms) < 2 else "(one seed: no interval over seeds; compare the per-run intervals below)"
+        if len(cfg.seeds) < 2 else "\n".join(paired_differences(arms, rows_by_arm, cfg.seeds)),
         "",
         "What the latent sees: ridge-probe NMSE on the test split per action dim and per camera (mean over seeds; "
         "1 = no better than the mean):",
