@@ -59,7 +59,7 @@ class ActionSupervision(Objective):
         mask[self.labelled] = True
         self.register_buffer("is_labelled", mask, persistent=False)
         std = np.where(std > 1e-8, std, 1.0)  # a constant dim adds nothing
-        # persistent: a resume on data with other statistics fails the strict load instead of drifting
+        # persistent: saved with the run, so a resumed run keeps the statistics it started with
         self.register_buffer("action_mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("action_std", torch.as_tensor(std, dtype=torch.float32))
         self.head = nn.Linear(context.latent_dim, len(mean))
