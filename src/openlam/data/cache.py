@@ -152,6 +152,11 @@ class FrameCache:
         """(E,) int64: global frame index of each episode's first frame."""
         return np.array([e["start"] for e in self.episodes], dtype=np.int64)
 
+    @property
+    def tasks(self) -> list[str]:
+        """Task of each episode: its metadata's `task`, else its language instruction."""
+        return [str(e["metadata"].get("task", e["language"])) for e in self.episodes]
+
     def frames(self, camera: str) -> np.memmap:
         return self._map(f"frames.{camera}.u8", (self.size, self.size, 3), np.uint8)
 

@@ -84,7 +84,7 @@ def build_table(labels_dir: str | Path, cache: FrameCache, require_actions: bool
         action = action_targets(cum, acts, starts[ep] + frame, gap, delta)
     else:
         action = np.zeros((len(ep), 0), np.float32)
-    tasks = np.array([str(e["metadata"].get("task", e["language"])) for e in cache.episodes], dtype=object)
+    tasks = np.array(cache.tasks, dtype=object)
     splits = {}
     for name, sp in cache.splits.items():
         in_eps = np.isin(ep, np.asarray(sp["episodes"], dtype=np.int64))

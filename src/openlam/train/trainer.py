@@ -89,8 +89,8 @@ def train_subset(cfg: TrainConfig, cache: FrameCache) -> list[int] | None:
         raise ConfigError(f"data.train_episodes: {n} is not in 1..{len(eps)} (the train split of {cache.path})")
     from openlam.data.splits import nested_subset
 
-    tasks = [str(cache.episodes[e]["metadata"].get("task", cache.episodes[e]["language"])) for e in eps]
-    return nested_subset(eps, tasks, n, seed=0)
+    tasks = cache.tasks
+    return nested_subset(eps, [tasks[e] for e in eps], n, seed=0)
 
 
 def check_data_fits_model(cfg: TrainConfig, cache: FrameCache, train: PairDataset) -> None:
