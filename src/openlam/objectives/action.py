@@ -21,7 +21,7 @@ from torch import nn
 from openlam.data.pairs import PairBatch
 from openlam.errors import ConfigError
 from openlam.objectives.base import Logs, Objective, ObjectiveContext
-from openlam.objectives.reconstruction import one_view_per_pair, stack_views
+from openlam.objectives.reconstruction import pair_rows
 
 
 @dataclass
@@ -69,11 +69,7 @@ class ActionSupervision(Objective):
             raise ConfigError("action objective: the batch has no action targets (dataset without actions)")
         ep = batch.episode
         labelled = (ep < len(self.is_labelled)) & self.is_labelled[ep.clamp_max(len(self.is_labelled) - 1)]
-        if self.cfg.views == "random":
-            x, per = one_view_per_pair(batch), 1
-        else:
-            views = batch.views if self.cfg.views == "all" else batch.views[:1]
-            x, per = stack_views(batch, views), len(views)  # rows b * V + v
+        x, per = pair_rows(batch, self.cfg.views)  # rows b * per + v
         # every row is encoded and the unlabelled ones weigh 0: no data-dependent branch or row
         # selection (no host sync, one graph under compile, every head parameter in DDP's graph)
         z = model.encode_continuous(x).flatten(1)  # (B * views, K * code_dim)

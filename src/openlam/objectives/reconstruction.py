@@ -35,6 +35,15 @@ def one_view_per_pair(batch: PairBatch) -> torch.Tensor:
     return normalize(x[torch.arange(x.shape[0], device=x.device), pick])
 
 
+def pair_rows(batch: PairBatch, views: Literal["all", "random", "first"]) -> tuple[torch.Tensor, int]:
+    """The pairs an objective reads, (B * per, 2, 3, S, S) float, and `per` rows per pair: every
+    view (view-major per pair), one view per pair, or the first view."""
+    if views == "random":
+        return one_view_per_pair(batch), 1
+    chosen = batch.views if views == "all" else batch.views[:1]
+    return stack_views(batch, chosen), len(chosen)
+
+
 class Reconstruction(Objective):
     name = "recon"
 
@@ -43,10 +52,7 @@ class Reconstruction(Objective):
         self.cfg = cfg
 
     def forward(self, model: torch.nn.Module, batch: PairBatch) -> tuple[torch.Tensor, Logs]:
-        if self.cfg.views == "random":
-            x = one_view_per_pair(batch)
-        else:
-            x = stack_views(batch, batch.views if self.cfg.views == "all" else batch.views[:1])
+        x, _ = pair_rows(batch, self.cfg.views)
         out = model(x)
         err = F.mse_loss(out.pred, out.target) if self.cfg.loss == "mse" else F.l1_loss(out.pred, out.target)
         loss = err + out.quant.loss
