@@ -15,10 +15,11 @@ from openlam.objectives.action import ActionConfig, ActionSupervision, labelled_
 from openlam.objectives.base import ObjectiveContext
 
 
-def small_model() -> LatentActionModel:
+def small_model(lookup: str = "euclidean") -> LatentActionModel:
     torch.manual_seed(0)
     cfg = {"image_size": 16, "encoder": {"dim": 16, "layers": 1, "heads": 2, "patch": 8},
-           "quantizer": {"kind": "nsvq", "num_tokens": 2, "codebook_size": 4, "code_dim": 4}, "decoder": {"dim": 16, "layers": 1, "heads": 2}}
+           "quantizer": {"kind": "nsvq", "num_tokens": 2, "codebook_size": 4, "code_dim": 4, "lookup": lookup},
+           "decoder": {"dim": 16, "layers": 1, "heads": 2}}
     from openlam.config import from_dict
 
     return LatentActionModel(from_dict(LAMConfig, cfg))
@@ -111,8 +112,9 @@ def test_head_width_follows_the_quantizer():
     assert obj.head.in_features == 2 * 3 and torch.isfinite(loss)
 
 
-def test_continuous_latent_matches_the_quantizers_input():
-    model = small_model().eval()
+@pytest.mark.parametrize("lookup", ["euclidean", "cosine"])
+def test_continuous_latent_matches_the_quantizers_input(lookup):
+    model = small_model(lookup).eval()
     x = normalize(torch.stack([batch([0, 1]).frames["v0"]], 1).flatten(0, 1))
     torch.testing.assert_close(model.encode_continuous(x), model.encode_pair(x).quant.z_cont)
 

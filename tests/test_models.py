@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from openlam.config import from_dict
 from openlam.errors import ConfigError
@@ -137,6 +139,62 @@ def test_codebook_starts_from_data_not_collapsed():
             torch.testing.assert_close(q2.codebook.detach(), before)
 
 
+@pytest.mark.parametrize("kind", ["vq", "ema_vq", "nsvq"])
+def test_cosine_lookup_picks_codes_by_direction(kind):
+    torch.manual_seed(0)
+    q = build_quantizer(16, QuantizerConfig(kind=kind, num_tokens=2, codebook_size=8, code_dim=8, lookup="cosine"))
+    with torch.no_grad():
+        q.proj_in.bias.zero_()
+    x = torch.randn(64, 2, 16)
+    out = q(x)
+    torch.testing.assert_close(out.z_cont.norm(dim=-1), torch.ones(64, 2))
+    with torch.no_grad():  # codes of unequal length: euclidean and cosine nearest codes now differ
+        q.codebook.mul_(torch.linspace(0.1, 3.0, 8)[:, None])
+    q.eval()
+    ev, scaled = q(x), q(7.0 * x)  # the code depends on z's direction only
+    assert torch.equal(ev.indices, scaled.indices)
+    codes = torch.nn.functional.normalize(q.codebook.detach(), dim=-1)
+    expected = (ev.z_cont @ codes.t()).argmax(-1)  # nearest on the sphere = largest cosine
+    assert torch.equal(ev.indices, expected)
+    torch.testing.assert_close(q.embed_indices(ev.indices), ev.z_q)
+    with pytest.raises(ConfigError, match="lookup"):
+        from_dict(LAMConfig, {"quantizer": {"kind": "fsq", "lookup": "cosine"}}).validate()
+
+
+def test_usage_entropy_term_spreads_a_collapsed_batch():
+    torch.manual_seed(0)
+    cfg = QuantizerConfig(kind="vq", num_tokens=1, codebook_size=4, code_dim=2, entropy_weight=1.0, entropy_temperature=0.5)
+    q = build_quantizer(2, cfg)
+    with torch.no_grad():
+        q.proj_in.weight.copy_(torch.eye(2))
+        q.proj_in.bias.zero_()
+        q.codebook.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]))
+        q.initialized.fill_(True)
+    # exact value: two rows, each certain of a different code -> row entropy 0, batch entropy log 2
+    far = torch.tensor([[[100.0, 0.0]], [[-100.0, 0.0]]])
+    expected = 0.0 - math.log(2)
+    torch.testing.assert_close(q.entropy_loss(far), torch.tensor(expected), atol=1e-5, rtol=0)
+    vq_terms = F.mse_loss(q.codebook[q(far).indices.view(-1)], far.view(-1, 2)) * (1 + cfg.beta)
+    torch.testing.assert_close(q(far).loss, vq_terms + expected, rtol=1e-6, atol=0)  # the term is part of the loss
+    # a collapsed encoder (varied inputs, near-identical outputs: every row in one code) trained on
+    # the term alone learns outputs that spread over every code
+    u = torch.randn(256, 8)
+    enc = torch.nn.Linear(8, 2)
+    with torch.no_grad():
+        enc.weight.mul_(0.01)
+        enc.bias.copy_(torch.tensor([0.6, 0.2]))
+    assert q.nearest(enc(u)[:, None].detach())[0].unique().tolist() == [0]
+    opt = torch.optim.SGD(enc.parameters(), lr=0.5)
+    for _ in range(100):
+        opt.zero_grad()
+        q.entropy_loss(enc(u)[:, None]).backward()
+        opt.step()
+    x = enc(u)[:, None].detach()
+    assert torch.bincount(q.nearest(x)[0].view(-1), minlength=4).min() >= 40  # about uniform: 64 each
+    q.eval()
+    assert float(q.entropy_loss(x)) == 0.0  # training only
+
+
 def test_fsq_uses_every_code():
     q = build_quantizer(8, QuantizerConfig(kind="fsq", fsq_levels=[3, 4, 2]))
     assert q.codebook_size == 24
@@ -178,7 +236,7 @@ def test_decoders_use_the_action_and_stop_grad(kind):
 
 
 def test_every_component_combination_trains_a_step():
-    for enc in ("difference", "queries"):
+    for enc in ("difference", "queries", "motion_queries"):
         for qk in ("vq", "ema_vq", "nsvq", "fsq"):
             for dk in ("cross_attn", "in_context", "additive"):
                 m = LatentActionModel(tiny(encoder={"readout": enc}, quantizer={"kind": qk, "fsq_levels": [2, 2, 2]}, decoder={"kind": dk}))
@@ -187,6 +245,18 @@ def test_every_component_combination_trains_a_step():
                 ((out.pred - out.target).pow(2).mean() + out.quant.loss).backward()
                 assert out.pred.shape == (2, 3, 32, 32)
                 assert m.decode(x[:, 0], out.quant.indices).shape == (2, 3, 32, 32)
+
+
+def test_motion_queries_read_the_current_frame_and_the_frame_difference():
+    from openlam.models.encoders import Readout
+
+    torch.manual_seed(0)
+    motion = Readout(EncoderConfig(dim=16, heads=4, readout="motion_queries"), 3, (4, 4))
+    plain = Readout(EncoderConfig(dim=16, heads=4, readout="queries"), 3, (4, 4))
+    plain.load_state_dict(motion.state_dict())  # same parameters, only the context differs
+    x = torch.randn(2, 2, 16, 16)
+    torch.testing.assert_close(motion(x), plain(torch.stack([x[:, 0], x[:, 1] - x[:, 0]], 1)))
+    assert not torch.allclose(motion(x), plain(x))
 
 
 def test_residual_prediction_starts_at_copy_last():

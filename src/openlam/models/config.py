@@ -17,7 +17,11 @@ class EncoderConfig:
     heads: int = 8
     mlp_ratio: float = 4.0
     patch: int = 8  # pixel encoder patch size
-    readout: Literal["difference", "queries"] = "difference"  # LAPA: e2 - e1 pooled; UniVLA: action queries
+    # difference: LAPA's e2 - e1 pooled to K regions; queries: learned action queries over both
+    # frames' tokens (UniVLA); motion_queries: the queries read o_t's tokens and the differences
+    # e2 - e1, so the motion is in what they attend to from the first step (plain queries start as
+    # a near-uniform average of two nearly identical frames, which carries almost no motion)
+    readout: Literal["difference", "queries", "motion_queries"] = "difference"
     # frozen backbone (kind = backbone): a DINOv2 ViT through transformers
     backbone_path: str | None = None  # local HF model dir or .safetensors file; None = random init (tests)
     backbone_config: dict[str, Any] = field(default_factory=dict)  # Dinov2Config fields for random init
@@ -30,6 +34,15 @@ class QuantizerConfig:
     num_tokens: int = 4
     codebook_size: int = 8
     code_dim: int = 32
+    # nearest-code search: euclidean, or cosine (z and codes l2-normalised before the lookup, as in
+    # ViT-VQGAN): the encoder cannot shrink z towards one code, the usual way a small VQ collapses
+    lookup: Literal["euclidean", "cosine"] = "euclidean"
+    # codebook-usage entropy term (as in LFQ / MAGVIT-v2): weight * (mean per-row entropy of the soft
+    # assignment softmax(-distance / temperature) - entropy of its batch mean). It rewards spreading
+    # the batch over many codes, which a collapsing encoder (near-identical outputs for every input)
+    # can only do by making its outputs depend on the input. 0: off
+    entropy_weight: float = 0.0
+    entropy_temperature: float = 0.1
     beta: float = 0.25  # commitment weight (vq, ema_vq)
     ema_decay: float = 0.99  # ema_vq codebook decay
     fsq_levels: list[int] = field(default_factory=lambda: [8])  # fsq: levels per code dim; codebook = prod
@@ -69,6 +82,10 @@ class LAMConfig:
         for name, dim, heads in (("encoder", e.dim, e.heads), ("decoder", d.dim, d.heads)):
             if dim % heads:
                 raise ConfigError(f"model.{name}.dim ({dim}) must be divisible by model.{name}.heads ({heads})")
+        if q.entropy_weight < 0 or q.entropy_temperature <= 0:
+            raise ConfigError("model.quantizer: entropy_weight must be >= 0 and entropy_temperature > 0")
+        if q.kind == "fsq" and (q.lookup != "euclidean" or q.entropy_weight):
+            raise ConfigError("model.quantizer.lookup=cosine and entropy_weight need a codebook (vq, ema_vq, nsvq), not fsq")
         if q.kind == "fsq":
             if any(level < 2 for level in q.fsq_levels):
                 raise ConfigError(f"model.quantizer.fsq_levels must all be >= 2, got {q.fsq_levels}")

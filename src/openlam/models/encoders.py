@@ -37,7 +37,7 @@ class Readout(nn.Module):
         self.kind = cfg.readout
         self.k = num_tokens
         self.grid = grid
-        if self.kind == "queries":
+        if self.kind in ("queries", "motion_queries"):
             self.queries = nn.Parameter(torch.randn(1, num_tokens, cfg.dim) * 0.02)
             self.blocks = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cross=True) for _ in range(2)])
         self.norm = nn.LayerNorm(cfg.dim)
@@ -53,7 +53,7 @@ class Readout(nn.Module):
                 pooled = F.adaptive_avg_pool2d(d, (kh, kw))
             return self.norm(pooled.flatten(2).transpose(1, 2))
         q = self.queries.expand(B, -1, -1)
-        ctx = x.reshape(B, T * N, D)
+        ctx = x.reshape(B, T * N, D) if self.kind == "queries" else torch.cat([x[:, 0], x[:, 1] - x[:, 0]], 1)
         for blk in self.blocks:
             q = blk(q, context=ctx)
         return self.norm(q)

@@ -122,7 +122,7 @@ class LatentActionModel(nn.Module):
         feats = self.encoder.features(pair) if self.uses_backbone else None
         tokens, _ = self.encoder(pair, feats) if self.uses_backbone else self.encoder(pair)
         with torch.autocast(tokens.device.type, enabled=False):
-            return self.quantizer.proj_in(tokens.float())
+            return self.quantizer.continuous(tokens.float())
 
     def predict(self, enc: PairEncoding, z_q: torch.Tensor) -> torch.Tensor:
         """Prediction of o_t+H from enc's o_t (context) and the quantized latent z_q (B, K, D)."""

@@ -25,7 +25,7 @@ class QuantOut:
     z_q: torch.Tensor  # (B, K, D) quantized tokens, in model dim
     indices: torch.Tensor  # (B, K) int64 codes
     z_cont: torch.Tensor  # (B, K, code_dim) continuous embedding before quantization
-    loss: torch.Tensor  # scalar auxiliary loss (codebook/commitment); 0 for nsvq/fsq
+    loss: torch.Tensor  # scalar auxiliary loss (codebook/commitment, usage entropy); 0 for fsq, nsvq without entropy term
     counts: torch.Tensor  # (C,) code counts in this batch
 
 
@@ -81,6 +81,11 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
     def forward(self, x: torch.Tensor) -> QuantOut:
         """x: (B, K, dim) continuous action tokens."""
 
+    def continuous(self, x: torch.Tensor) -> torch.Tensor:
+        """The pre-quantization embedding z_cont of tokens x (B, K, dim), with no side effects."""
+        z = self.proj_in(x)
+        return F.normalize(z, dim=-1) if self.cfg.lookup == "cosine" else z
+
     @abc.abstractmethod
     def embed_indices(self, idx: torch.Tensor) -> torch.Tensor:
         """Codes (B, K) -> decoder-ready tokens (B, K, D): how a stored latent action is replayed."""
@@ -133,11 +138,13 @@ class _CodebookQuantizer(Quantizer):
         super()._load_from_state_dict(*args, **kwargs)
 
     def _codes(self) -> torch.Tensor:
+        if self.cfg.lookup == "cosine":
+            return F.normalize(self.codebook, dim=-1)
         return self.codebook
 
     def _assign(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project, (first training batch: initialise codes from the data), find nearest codes."""
-        z = self.proj_in(x)
+        z = self.continuous(x)
         if self.training:
             self._data_init(z)
         idx, q = self.nearest(z)
@@ -146,12 +153,33 @@ class _CodebookQuantizer(Quantizer):
     def embed_indices(self, idx: torch.Tensor) -> torch.Tensor:
         return self.proj_out(self._codes()[idx])
 
-    def nearest(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _distances(self, z: torch.Tensor) -> torch.Tensor:
+        """Squared distances (rows of z, codes)."""
         cb = self._codes()
         flat = z.reshape(-1, z.shape[-1])
-        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.t() + cb.pow(2).sum(1)[None]
-        idx = d.argmin(1)
-        return idx.view(z.shape[:-1]), cb[idx].view_as(z)
+        return flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.t() + cb.pow(2).sum(1)[None]
+
+    def nearest(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self._distances(z).argmin(1)
+        return idx.view(z.shape[:-1]), self._codes()[idx].view_as(z)
+
+    def entropy_loss(self, z: torch.Tensor) -> torch.Tensor:
+        """weight * (mean row entropy - entropy of the mean assignment), per token position, over
+        the global batch. The temperature divides the squared distance: under cosine lookup that is
+        2 - 2 cos, so T = 0.1 reads cosines on a scale of 0.05; under euclidean lookup it depends on
+        the scale of z."""
+        if not (self.training and self.cfg.entropy_weight > 0):
+            return z.new_zeros(())
+        B, K = z.shape[:2]
+        p = torch.softmax(-self._distances(z).float() / self.cfg.entropy_temperature, -1).view(B, K, -1)
+        row = -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean()
+        mean = p.mean(0)  # (K, C)
+        if _distributed():  # global mean in the forward pass; each rank's gradient flows through its own rows
+            total = mean.detach().clone()
+            dist.all_reduce(total)
+            mean = mean + (total / dist.get_world_size() - mean).detach()
+        batch = -(mean * torch.log(mean.clamp_min(1e-12))).sum(-1).mean()
+        return self.cfg.entropy_weight * (row - batch)
 
     @torch.no_grad()
     def restart_dead_codes(self) -> torch.Tensor:
@@ -174,7 +202,7 @@ class VQ(_CodebookQuantizer):
 
     def forward(self, x: torch.Tensor) -> QuantOut:
         z, idx, q = self._assign(x)
-        loss = F.mse_loss(q, z.detach()) + self.cfg.beta * F.mse_loss(z, q.detach())
+        loss = F.mse_loss(q, z.detach()) + self.cfg.beta * F.mse_loss(z, q.detach()) + self.entropy_loss(z)
         z_st = z + (q - z).detach()
         if self.training:
             self._last_z = z.detach()
@@ -208,7 +236,7 @@ class EMAVQ(_CodebookQuantizer):
                 smoothed = (self.cluster_size + 1e-5) / (n + self.codebook_size * 1e-5) * n
                 self.codebook.data.copy_(self.embed_sum / smoothed[:, None])
             self._last_z = z.detach()
-        loss = self.cfg.beta * F.mse_loss(z, q.detach())
+        loss = self.cfg.beta * F.mse_loss(z, q.detach()) + self.entropy_loss(z)
         z_st = z + (q - z).detach()
         return QuantOut(self.proj_out(z_st), idx, z, loss, self._track(idx))
 
@@ -234,7 +262,7 @@ class NSVQ(_CodebookQuantizer):
             self._last_z = z.detach()
         else:
             out = q
-        return QuantOut(self.proj_out(out), idx, z, z.new_zeros(()), self._track(idx))
+        return QuantOut(self.proj_out(out), idx, z, self.entropy_loss(z), self._track(idx))
 
 
 class FSQ(Quantizer):
