@@ -5,6 +5,7 @@ composes with other objectives, and training with it learns."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,13 +161,24 @@ def test_presets_and_the_experiment_config_load_at_both_scales():
         load_config(TrainConfig, p).validate()
     exp = root / "configs" / "experiments" / "mvp_vs_lapa.yaml"
     cpu, gpu = load_experiment(exp, []), load_experiment(exp, ["scale=gpu"])
-    assert [a.name for a in cpu.arms] == ["lapa", "mvp"] and len(cpu.seeds) >= 3
+    assert [a.name for a in cpu.arms] == ["lapa", "mvp", "lapa_light", "supervised"] and len(cpu.seeds) >= 3
+    assert cpu.ceiling == "supervised" and cpu.generate.episodes == 40  # the shared benchmark file
     assert cpu.generate.splits.holdout_cameras == ["topview"] and cpu.generate.ood_distractors == ["ood_light"]
     assert gpu.out != cpu.out and gpu.generate.size == 128 and "model.image_size=128" in gpu.train
+    from openlam.experiment import _train_config
+
+    steps = {a.name: _train_config(gpu, a, 0, Path("c"), Path("o")).steps for a in gpu.arms}
+    assert set(steps) == {"lapa", "mvp", "lapa_light", "supervised"} and set(steps.values()) == {30000}
     with pytest.raises(ConfigError, match="scale 'tpu'"):
         load_experiment(exp, ["scale=tpu"])
     with pytest.raises(ConfigError):  # an arm's bad override is caught before any data is generated
-        load_experiment(exp, ["arms=[{name: x, config: configs/lapa_tiny.yaml, overrides: [model.nope=1]}]"])
+        load_experiment(exp, ["arms=[{name: x, config: configs/lapa_tiny.yaml, overrides: [model.nope=1]}]", "ceiling=null"])
+    with pytest.raises(ConfigError):  # so is an arm's bad eval override
+        load_experiment(exp, ["arms=[{name: x, config: configs/lapa_tiny.yaml, eval: [nope=1]}]", "ceiling=null"])
+    light = load_experiment(exp, ["arms=[{name: x, config: configs/lapa_tiny.yaml, eval: [infonce_steps=0]}]", "ceiling=null"])
+    from openlam.experiment import arm_eval_config
+
+    assert arm_eval_config(light, light.arms[0]).infonce_steps == 0 and light.eval.infonce_steps > 0
     with pytest.raises(ConfigError, match="ceiling 'sup' is not an arm"):
         load_experiment(exp, ["ceiling=sup"])
     for other in sorted((root / "configs" / "experiments").glob("*.yaml")):
@@ -200,8 +212,63 @@ def test_experiment_reads_every_arm_against_its_seeds_ceiling_run(tmp_path, monk
     monkeypatch.setattr(ex, "_train_and_eval", fake_run)
     monkeypatch.setattr(ex, "results_section", lambda *a, **k: "")
     monkeypatch.setattr(report, "write_report", lambda runs, out: None)
-    monkeypatch.setattr(report, "load_metrics", lambda run: {})
+
+    def metrics(run):
+        probe = {"metric": "probe_nmse", "split": "test", "features": "continuous", "estimator": "ridge",
+                 "value": 0.1 if run.name.startswith("sup") else 0.5, "ci_low": 0.0, "ci_high": 1.0, "per_dim": {"dx": 0.3}, "extra": 1}
+        return {"records": [probe], "codebook": {"usage": 1.0, "perplexity_per_position": [2.0, 4.0], "distinct_tuples": 9}}
+
+    monkeypatch.setattr(report, "load_metrics", metrics)
     cfg = ex.ExperimentConfig(arms=[ex.ArmConfig("lapa"), ex.ArmConfig("sup")], seeds=[0, 1], ceiling="sup",
                               out=str(tmp_path / "x"), results=str(tmp_path / "results.md"))
-    ex.run_experiment(cfg)
+    out = ex.run_experiment(cfg)
     assert calls == [("sup", 0, None), ("lapa", 0, "sup-s0"), ("sup", 1, None), ("lapa", 1, "sup-s1")]
+    numbers = json.loads(Path(out["numbers"]).read_text())  # every number per arm and seed, beside the results
+    assert Path(out["numbers"]) == tmp_path / "results" / "experiment_cpu.json"
+    row = "probe NMSE ridge continuous [test] (lower better)"
+    assert numbers["arms"]["sup"]["seeds"]["1"]["numbers"][row] == {"value": 0.1, "ci_low": 0.0, "ci_high": 1.0, "per_dim": {"dx": 0.3}}
+    assert numbers["arms"]["lapa"]["seeds"]["0"]["numbers"][row]["value"] == 0.5
+    assert numbers["arms"]["lapa"]["seeds"]["0"]["numbers"]["codebook perplexity per token (mean)"] == {"value": 3.0}
+    assert numbers["ceiling"] == "sup" and numbers["arms"]["lapa"]["seeds"]["1"]["run"].endswith("lapa-s1")
+
+
+def test_experiments_share_one_generated_benchmark(tmp_path, monkeypatch):
+    import openlam.data.cache as cache_mod
+    import openlam.sim.generate as gen_mod
+    from openlam.experiment import _data, benchmark_dir, load_experiment
+
+    made = []
+
+    def fake_generate(cfg, out, overwrite=False):
+        made.append(cfg.episodes)
+        (out / "meta").mkdir(parents=True, exist_ok=True)
+        (out / "meta" / "info.json").write_text("{}")
+
+    def fake_cache(data, cache, cfg, overwrite=False):
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / "cache.json").write_text("{}")
+
+    monkeypatch.setattr(gen_mod, "generate", fake_generate)
+    monkeypatch.setattr(cache_mod, "build_cache", fake_cache)
+    bench = tmp_path / "bench.yaml"
+    bench.write_text("tasks: [reach-v3]\nepisodes: 3\ncameras: [corner]\nworkers: 1\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"arms: [{{name: a}}]\nseeds: [0]\ngenerate: {bench}\ndata_root: {tmp_path / 'root'}\n")
+    a = load_experiment(exp, [f"out={tmp_path / 'a'}"])
+    b = load_experiment(exp, [f"out={tmp_path / 'b'}", "generate.workers=8"])  # workers do not change the data
+    c = load_experiment(exp, [f"out={tmp_path / 'a'}", "generate.episodes=4"])
+    bench4 = tmp_path / "bench4.yaml"
+    bench4.write_text(bench.read_text().replace("episodes: 3", "episodes: 4"))
+    assert benchmark_dir(load_experiment(exp, [f"generate={bench4}"])) == benchmark_dir(c)  # a file named on the command line
+    assert a.generate.episodes == 3 and benchmark_dir(a) == benchmark_dir(b) != benchmark_dir(c)
+    data_a, cache_a, _ = _data(a, tmp_path / "a")
+    (tmp_path / "a" / "runs" / "old").mkdir(parents=True)
+    data_b, cache_b, _ = _data(b, tmp_path / "b")
+    assert made == [3] and (data_a, cache_a) == (data_b, cache_b) and cache_a.parent == benchmark_dir(a)
+    _data(a, tmp_path / "a")
+    assert (tmp_path / "a" / "runs" / "old").exists()  # same data: the experiment's runs are kept
+    _data(c, tmp_path / "a")
+    assert made == [3, 4] and not (tmp_path / "a" / "runs").exists()  # other data: its old runs go
+    with pytest.raises(ConfigError, match="benchmark file"):
+        exp.write_text(f"arms: [{{name: a}}]\ngenerate: {tmp_path / 'missing.yaml'}\n")
+        load_experiment(exp, [])

@@ -1,8 +1,10 @@
 """`openlam experiment CONFIG [scale=gpu] [KEY=VALUE ...]`: one command from data to a results
-section. Generates the dataset (or reuses it when its generator config is unchanged), caches it
-once, trains every arm with every seed on it (same data, same steps), evaluates each run, and
-writes a table (mean +- sd over seeds, per-seed values with CIs), bar charts with CIs and the wall
-time into a section of docs/results.md, plus a full side-by-side report in <out>/report.
+section. Generates the dataset once per generator config (content-addressed under `data_root`, so
+every experiment naming the same benchmark file reuses it), caches it once, trains every arm with
+every seed on it (same data, same steps), evaluates each run (the ceiling arm first: the others
+are read against it), and writes a table (mean +- sd over seeds, per-seed values with CIs), bar
+charts with CIs and the wall time into a section of docs/results.md, every number into a JSON
+beside it, plus a full side-by-side report in <out>/report.
 
 Resumable: a finished run (summary.json) or evaluation (eval/metrics.json) is not redone; a run
 killed mid-training continues from its last checkpoint.
@@ -10,7 +12,9 @@ killed mid-training continues from its last checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +34,18 @@ class ArmConfig:
     name: str = "arm"
     config: str = "configs/lapa_tiny.yaml"  # a TrainConfig YAML
     overrides: list[str] = field(default_factory=list)  # KEY=VALUE on that TrainConfig
+    # KEY=VALUE on the experiment's eval config for this arm only (a ceiling is read through its
+    # probes, so it can skip the token metrics: infonce_steps=0 transfer_pairs=0 ...)
+    eval: list[str] = field(default_factory=list)
 
 
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
     question: str = ""  # one line: what the experiment tests (goes into the results section)
+    # the generator config inline, or (in the YAML) the path of a benchmark file holding it
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    data_root: str = "runs/benchmarks"  # generated datasets live here, one folder per generator config
     arms: list[ArmConfig] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     train: list[str] = field(default_factory=list)  # KEY=VALUE on every arm's TrainConfig (steps, batch size ...)
@@ -60,10 +69,20 @@ class ExperimentConfig:
             raise ConfigError(f"experiment: ceiling '{self.ceiling}' is not an arm; arms: {names}")
 
 
+def _benchmark_file(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """`generate: FILE` -> the generator config that file holds (a shared benchmark)."""
+    if isinstance(data.get("generate"), str):
+        bench = Path(data["generate"])
+        if not bench.is_file():
+            raise ConfigError(f"{path}: generate: benchmark file '{bench}' not found (a path relative to the working directory)")
+        data["generate"] = yaml.safe_load(bench.read_text()) or {}
+    return data
+
+
 def load_experiment(path: str | Path, overrides: list[str]) -> ExperimentConfig:
     """The YAML, then its `scales[scale]` overrides, then the command line's."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    data = apply_overrides(data, overrides)
+    data = _benchmark_file(yaml.safe_load(Path(path).read_text()) or {}, path)
+    data = _benchmark_file(apply_overrides(data, overrides), path)  # generate=FILE may come from the command line
     scale = data.get("scale", "cpu")
     if scale != "cpu" or scale in data.get("scales", {}):
         if scale not in data.get("scales", {}):
@@ -73,6 +92,7 @@ def load_experiment(path: str | Path, overrides: list[str]) -> ExperimentConfig:
     cfg.validate()
     for arm in cfg.arms:  # every arm's config is checked now, not after hours of data generation
         _train_config(cfg, arm, 0, Path("cache"), Path(cfg.out))
+        arm_eval_config(cfg, arm)
     return cfg
 
 
@@ -85,29 +105,52 @@ def _train_config(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Path,
     return t
 
 
+def data_key(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What determines the generated data: the generator config less its worker count."""
+    key = to_dict(cfg.generate)
+    key.pop("workers", None)
+    return key
+
+
+def benchmark_dir(cfg: ExperimentConfig) -> Path:
+    digest = hashlib.sha256(json.dumps(data_key(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cfg.data_root) / f"metaworld-{digest}"
+
+
 def _data(cfg: ExperimentConfig, out: Path) -> tuple[Path, Path, float]:
+    """Generate and cache the benchmark unless a finished copy exists (its stamp is written last);
+    remove this experiment's runs when they were made from other data."""
+    from openlam.artifacts import atomic_write_json
     from openlam.data.cache import CacheConfig, build_cache
     from openlam.sim.generate import generate
 
-    import shutil
+    import fcntl
 
-    from openlam.artifacts import atomic_write_json
-
-    data, cache, t0 = out / "data", out / "cache", time.perf_counter()
-    stamp = out / "data_config.json"
-    want = to_dict(cfg.generate)
-    if not (stamp.is_file() and json.loads(stamp.read_text()) == want and (data / "meta" / "info.json").is_file()):
-        # new data: everything derived from the old data goes first, the stamp is written last
-        stamp.unlink(missing_ok=True)
-        for stale in (cache, out / "runs"):
-            if stale.exists():
-                print(f"experiment: the data config changed; removing {stale} (made from the old data)")
-                shutil.rmtree(stale)
-        generate(cfg.generate, data, overwrite=True)
-        atomic_write_json(stamp, want)
-    if not (cache / "cache.json").is_file():
-        build_cache(data, cache, CacheConfig(size=cfg.generate.size), overwrite=cache.exists())
+    root, key, t0 = benchmark_dir(cfg), data_key(cfg), time.perf_counter()
+    data, cache, stamp = root / "data", root / "cache", root / "generate.json"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:  # a second experiment on the same benchmark waits here
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (stamp.is_file() and json.loads(stamp.read_text()) == key and (data / "meta" / "info.json").is_file()):
+            stamp.unlink(missing_ok=True)
+            if cache.exists():
+                shutil.rmtree(cache)
+            generate(cfg.generate, data, overwrite=True)
+            atomic_write_json(stamp, key)
+        if not (cache / "cache.json").is_file():
+            build_cache(data, cache, CacheConfig(size=cfg.generate.size), overwrite=cache.exists())
+    mine = out / "data_config.json"
+    if mine.is_file() and json.loads(mine.read_text()) != key and (out / "runs").exists():
+        print(f"experiment: the data config changed; removing {out / 'runs'} (made from the old data)")
+        shutil.rmtree(out / "runs")
+    atomic_write_json(mine, key)
     return data, cache, time.perf_counter() - t0
+
+
+def arm_eval_config(cfg: ExperimentConfig, arm: ArmConfig) -> EvalConfig:
+    ecfg = from_dict(EvalConfig, apply_overrides(to_dict(cfg.eval), arm.eval))
+    ecfg.validate()
+    return ecfg
 
 
 def _train_and_eval(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Path, out: Path,
@@ -123,7 +166,7 @@ def _train_and_eval(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Pat
 
     tcfg = _train_config(cfg, arm, seed, cache, out)
     run = Path(tcfg.out)
-    key_path, key = run / "experiment_run.json", {"train": to_dict(tcfg), "data": to_dict(cfg.generate)}
+    key_path, key = run / "experiment_run.json", {"train": to_dict(tcfg), "data": data_key(cfg)}
     if key_path.is_file() and json.loads(key_path.read_text()) != key:
         raise OpenLAMError(f"{run}: made by another experiment config (see {key_path}); remove it or choose another out")
     run.mkdir(parents=True, exist_ok=True)
@@ -131,7 +174,7 @@ def _train_and_eval(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Pat
     if not (run / "summary.json").is_file():
         train(tcfg, resume=checkpoint.latest(run) is not None)
     metrics = run / "eval" / "metrics.json"
-    ecfg = from_dict(EvalConfig, to_dict(cfg.eval))
+    ecfg = arm_eval_config(cfg, arm)
     ecfg.ceiling = str(ceiling) if ceiling is not None else None
     if not metrics.is_file() or json.loads(metrics.read_text()).get("config") != to_dict(ecfg):
         evaluate(run, cfg=ecfg)
@@ -160,11 +203,44 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     write_report(all_runs, out / "report")
     metrics = {a.name: [load_metrics(r) for r in runs[a.name]] for a in cfg.arms}
     wall = time.perf_counter() - t0
+    numbers = results_json_path(cfg)
     section = results_section(cfg, metrics, all_runs, data_s, timing, wall)
+    from openlam.artifacts import atomic_write_json
     from openlam.bench.report import record_section
 
+    atomic_write_json(numbers, results_numbers(cfg, metrics, runs, data_s, timing, wall))
     record_section(f"experiment: {cfg.name} ({cfg.scale})", section, path=cfg.results)
-    return {"out": str(out), "report": str(out / "report" / "report.md"), "results": cfg.results, "wall_s": wall}
+    return {"out": str(out), "report": str(out / "report" / "report.md"), "results": cfg.results, "numbers": str(numbers),
+            "wall_s": wall}
+
+
+def results_json_path(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.results).parent / "results" / f"{cfg.name}_{cfg.scale}.json"
+
+
+def results_numbers(cfg: ExperimentConfig, metrics: dict[str, list[dict[str, Any]]], runs: dict[str, list[Path]],
+                    data_s: float, timing: dict[str, list[tuple[float, float]]], wall: float) -> dict[str, Any]:
+    """Every number of the results section, per arm and seed, with how it was made: the JSON that
+    sits beside docs/results.md (the markdown is for reading, this is for re-analysis)."""
+    import datetime as dt
+
+    from openlam.bench.report import command_line, machine
+    from openlam.eval.report import key_rows
+    from openlam.eval.verdict import readings
+
+    keep = ("value", "ci_low", "ci_high", "per_dim", "per_view")
+    arms = {}
+    for a in cfg.arms:
+        seeds = {}
+        for s, m, run, (tr, ev) in zip(cfg.seeds, metrics[a.name], runs[a.name], timing[a.name]):
+            rows = {lab: {k: r[k] for k in keep if k in r} for lab, r in key_rows(m).items()}
+            seeds[str(s)] = {"run": str(run), "train_s": tr, "eval_s": ev, "numbers": rows,
+                             "verdicts": [{k: r[k] for k in ("split", "features", "verdict")} for r in readings(m)]}
+        arms[a.name] = {"config": a.config, "overrides": a.overrides, "eval": to_dict(arm_eval_config(cfg, a)), "seeds": seeds}
+    return {"experiment": cfg.name, "scale": cfg.scale, "question": cfg.question, "command": command_line(),
+            "machine": machine(), "date": dt.date.today().isoformat(), "wall_s": wall, "data_s": data_s,
+            "data": {"dir": str(benchmark_dir(cfg)), "generate": data_key(cfg)}, "train": cfg.train,
+            "ceiling": cfg.ceiling, "arms": arms}
 
 
 HEADLINE = ("I(Z;A) held-out bound, tokens", "I(Z;A) held-out bound, continuous", "probe NMSE ridge onehot", "probe NMSE mlp continuous")
@@ -262,13 +338,15 @@ def results_section(cfg: ExperimentConfig, metrics: dict[str, list[dict[str, Any
         f"Data: Meta-World {', '.join(gen.tasks)}; {gen.episodes} episodes per task, cameras {', '.join(gen.cameras)} at {gen.size} px, "
         f"distractors `{gen.distractors}`, action noise {gen.action_noise}; OOD: {', '.join(ood) or 'none'} "
         f"(held-out cameras: {', '.join(gen.splits.holdout_cameras) or 'none'}). Arms: "
-        + "; ".join(f"**{a.name}** = `{a.config}` {' '.join(a.overrides)}".rstrip() for a in cfg.arms)
+        + "; ".join((f"**{a.name}** = `{a.config}` {' '.join(a.overrides)}".rstrip()
+                     + (f" (evaluated with `{' '.join(a.eval)}`)" if a.eval else "")) for a in cfg.arms)
         + f"; common overrides: `{' '.join(cfg.train)}`; seeds {cfg.seeds}.",
         "",
         f"Wall time of this invocation: {wall / 60:.1f} min (data {data_s / 60:.1f} min). Training time per run, from each "
         "run's summary.json: " + ", ".join(f"{a} {np.mean(train_s[a]) / 60:.1f} min" for a in arms)
         + f"; evaluation per run {np.mean(eval_s) / 60:.1f} min. "
-        f"Full side-by-side report: `{Path(cfg.out) / 'report' / 'report.md'}`.",
+        f"Full side-by-side report: `{Path(cfg.out) / 'report' / 'report.md'}`; every number below, per seed, in "
+        f"`{results_json_path(cfg)}`.",
         "",
         "Verdicts on the held-out test split (`openlam report` and the table below have the numbers behind each):",
         "",

@@ -35,14 +35,18 @@ def record(name: str, results: dict[str, Any], notes: str = "", path: str | Path
     return record_section(name, f"| metric | value |\n|---|---|\n{rows}", notes, path)
 
 
+def command_line() -> str:
+    """The command this process was started with, as a user would type it."""
+    return "openlam " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("openlam") else " ".join(sys.argv)
+
+
 def record_section(name: str, body: str, notes: str = "", path: str | Path = "docs/benchmarks.md", header: str = HEADER) -> str:
     """Replace (or append) section `## name` of a markdown file with the command, machine, date and
     `body`; a new file starts with `header`."""
     path = Path(path)
     text = path.read_text() if path.is_file() else header
-    cmd = "openlam " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("openlam") else " ".join(sys.argv)
     section = (
-        f"## {name}\n\n- command: `{cmd}`\n- machine: {machine()}\n- date: {dt.date.today().isoformat()}\n"
+        f"## {name}\n\n- command: `{command_line()}`\n- machine: {machine()}\n- date: {dt.date.today().isoformat()}\n"
         + (f"- notes: {notes}\n" if notes else "")
         + f"\n{body}\n"
     )
