@@ -1,0 +1,118 @@
+"""Stage-1 levers on the built-in benchmark: a screening of presets and single changes.
+
+Each lever is one short training run (500 steps, batch 32, seed 0, action over a 0.2 s gap) on the
+shared benchmark (generated first by any experiment naming configs/benchmarks/metaworld4.yaml).
+The online probe (ridge, fit on train pairs, scored on the validation episodes) and the held-out
+reconstruction and code usage in each run's summary.json are the numbers; one seed, so a
+screening to choose what to run with seeds, not a comparison. Finished runs are reused.
+
+    .venv/bin/python scripts/stage1_levers.py            # train what is missing, write the section
+    .venv/bin/python scripts/stage1_levers.py g_mq u_mq  # train only these (if missing), write the section
+    .venv/bin/python scripts/stage1_levers.py --table    # only rewrite the section from existing runs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "runs" / "lev"
+COMMON = ["data.dataset=null", "data.gap.seconds=0.2", "time_limit_s=0", "log_every=50", "preview_every=0",
+          "ckpt_every=1000", "probe_every=250", "probe_pairs=1024", "steps=500", "batch_size=32", "seed=0"]
+LIGHT = "objectives=[{kind: reconstruction, weight: 1.0, options: {views: random}}, {kind: action, weight: 0.05, options: {fraction: 0.05}}]"
+
+# (run name, preset, overrides, what it tests)
+LEVERS: list[tuple[str, str, list[str], str]] = [
+    ("s_base", "lapa_tiny", [], "LAPA-style preset as is"),
+    ("s_queries", "lapa_tiny", ["model.encoder.readout=queries"], "readout: learned queries instead of e2 - e1"),
+    ("s_cd64", "lapa_tiny", ["model.quantizer.code_dim=64"], "continuous latent 64 instead of 16 dims per token"),
+    ("s_cd128", "lapa_tiny", ["model.quantizer.code_dim=128"], "continuous latent 128 dims per token"),
+    ("s_k8c16cd64", "lapa_tiny", ["model.quantizer.code_dim=64", "model.quantizer.num_tokens=8", "model.quantizer.codebook_size=16"],
+     "8 tokens x 16 codes, 64 dims"),
+    ("s_gr", "lapa_tiny", ["data.gap.max_seconds=0.4"], "random gap 0.2-0.4 s (multi-step inverse dynamics)"),
+    ("s_ls05", "lapa_tiny", [LIGHT], "light supervision: action head on 5% of train episodes, weight 0.05"),
+    ("s_mvp", "mvp_lam_tiny", [], "cross-view reconstruction (MVP-LAM)"),
+    ("g_base", "genie_tiny", [], "Genie-style preset as is"),
+    ("g_cos", "genie_tiny", ["model.quantizer.lookup=cosine"], "cosine lookup"),
+    ("g_ent", "genie_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.01"], "cosine + usage entropy 0.01"),
+    ("g_ent05", "genie_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.05"], "cosine + usage entropy 0.05"),
+    ("g_mq", "genie_tiny", ["model.encoder.readout=motion_queries"], "readout: queries over o_t and e2 - e1"),
+    ("u_base", "univla_tiny", [], "UniVLA-style preset as is"),
+    ("u_cos", "univla_tiny", ["model.quantizer.lookup=cosine"], "cosine lookup"),
+    ("u_ent", "univla_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.01"], "cosine + usage entropy 0.01"),
+    ("u_mq", "univla_tiny", ["model.encoder.readout=motion_queries"], "readout: queries over o_t and e2 - e1"),
+]
+
+
+def benchmark_cache() -> Path:
+    from openlam.experiment import benchmark_dir, load_experiment
+
+    cache = benchmark_dir(load_experiment(ROOT / "configs" / "experiments" / "mvp_vs_lapa.yaml", [])) / "cache"
+    if not (cache / "cache.json").is_file():
+        sys.exit(f"{cache}: the benchmark is not generated yet; run an experiment that names configs/benchmarks/metaworld4.yaml")
+    return cache
+
+
+def train(name: str, preset: str, overrides: list[str], cache: Path) -> None:
+    if (OUT / name / "summary.json").is_file():
+        return
+    cmd = [str(ROOT / ".venv" / "bin" / "openlam"), "train", f"configs/{preset}.yaml", f"out={OUT / name}", f"data.cache={cache}",
+           *COMMON, *overrides]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "MUJOCO_GL": "egl"})
+
+
+def row(name: str, preset: str, overrides: list[str], what: str) -> str:
+    s = json.loads((OUT / name / "summary.json").read_text())
+    e, p = s["eval"], s.get("probe", {})
+
+    def f(key: str) -> str:
+        return f"{p[key]:.3f}" if key in p else "–"
+
+    dims = " / ".join(f"{p[k]:.2f}" for k in sorted(p) if k.startswith("probe/nmse_continuous/"))
+    return (f"| {name} | {preset} | {what} | {s['train_time_s']:.0f} | {e['recon_mse'] / e['copy_last_mse']:.3f} | "
+            f"{e['codes_used']}/{e['codebook_size']} | {e['perplexity']:.2f} | {f('probe/nmse_continuous')} | "
+            f"{f('probe/nmse_onehot')} | {dims} |")
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT / "src"))
+    names = [a for a in sys.argv[1:] if not a.startswith("--")]
+    unknown = sorted(set(names) - {lv[0] for lv in LEVERS})
+    if unknown:
+        sys.exit(f"unknown lever(s) {unknown}; known: {[lv[0] for lv in LEVERS]}")
+    if "--table" not in sys.argv:
+        cache = benchmark_cache()
+        for name, preset, overrides, _ in sorted(LEVERS, key=lambda lv: names.index(lv[0]) if lv[0] in names else len(names)):
+            if not names or name in names:
+                train(name, preset, overrides, cache)
+    have = [lv for lv in LEVERS if (OUT / lv[0] / "summary.json").is_file()]
+    lines = [
+        "Each row: one run of 500 steps, batch 32, seed 0, on the benchmark's train split (cameras corner, corner2, "
+        "corner3; action over 0.2 s). recon / copy-last: held-out (validation) reconstruction MSE over copy-last-frame "
+        "MSE (< 1 beats copy-last). Codes: used of the codebook, pooled over token positions, on validation pairs; "
+        "perplexity of that pooled usage. Probe: the online ridge probe's NMSE on the validation episodes at step 500 "
+        "(1 = no better than the mean), from the continuous latent and from the one-hot tokens; per dim for the "
+        "continuous latent in the order dx / dy / dz / gripper. One seed: a screening, not a comparison "
+        "(differences under about 0.05 are within what a second seed could move). Train time is wall time on 2 cores "
+        "and is only comparable between runs that had the machine to themselves.",
+        "",
+        "| run | preset | lever | train s | recon / copy-last | codes | perplexity | probe continuous | probe one-hot | continuous per dim |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *[row(*lv) for lv in have],
+    ]
+    missing = [lv[0] for lv in LEVERS if lv not in have]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)}."]
+    from openlam.bench.report import record_section
+
+    record_section("stage 1 levers on the benchmark (screening)", "\n".join(lines), path=ROOT / "docs" / "results.md")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
