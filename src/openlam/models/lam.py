@@ -110,17 +110,21 @@ class LatentActionModel(nn.Module):
         z = enc.quant.z_q
         return LAMOutput(self.predict(enc, z), enc.space[:, 1], enc.quant, [self.predict(enc, z[idx]) for idx in swaps])
 
-    def encode_pair(self, pair: torch.Tensor) -> PairEncoding:
+    def _encode_tokens(self, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Continuous action tokens, o_t's context tokens and the frozen features (backbone only)."""
         feats = self.encoder.features(pair) if self.uses_backbone else None
         tokens, ctx = self.encoder(pair, feats) if self.uses_backbone else self.encoder(pair)
+        return tokens, ctx, feats
+
+    def encode_pair(self, pair: torch.Tensor) -> PairEncoding:
+        tokens, ctx, feats = self._encode_tokens(pair)
         return PairEncoding(self._quantize(tokens), ctx, self._target_space(pair, feats))
 
     def encode_continuous(self, pair: torch.Tensor) -> torch.Tensor:
         """(B, K, code_dim) pre-quantization embedding of pairs, without the quantizer's side effects
         (usage counts, dead-code restarts, data init): for an objective that reads the latent of
         some rows beside the one that trains the quantizer on the whole batch."""
-        feats = self.encoder.features(pair) if self.uses_backbone else None
-        tokens, _ = self.encoder(pair, feats) if self.uses_backbone else self.encoder(pair)
+        tokens = self._encode_tokens(pair)[0]
         with torch.autocast(tokens.device.type, enabled=False):
             return self.quantizer.continuous(tokens.float())
 
