@@ -23,16 +23,27 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "lev"
 COMMON = ["data.dataset=null", "data.gap.seconds=0.2", "time_limit_s=0", "log_every=50", "preview_every=0",
           "ckpt_every=1000", "probe_every=250", "probe_pairs=1024", "steps=500", "batch_size=32", "seed=0"]
+# LAPA's own bottleneck (4 tokens x 8 codes, 16 dims per token): lapa_tiny's and mvp_lam_tiny's before
+# this screening moved them to 16 x 16 x 64. Their levers start from it, so each row changes one thing.
+PAPER_BOTTLENECK = ["model.quantizer.num_tokens=4", "model.quantizer.codebook_size=8", "model.quantizer.code_dim=16"]
 LIGHT = "objectives=[{kind: reconstruction, weight: 1.0, options: {views: random}}, {kind: action, weight: 0.05, options: {fraction: 0.05}}]"
 
 # (run name, preset, overrides, what it tests)
 LEVERS: list[tuple[str, str, list[str], str]] = [
-    ("s_base", "lapa_tiny", [], "LAPA-style preset as is"),
+    ("s_base", "lapa_tiny", [], "LAPA's bottleneck: 4 tokens x 8 codes, 16 dims"),
     ("s_queries", "lapa_tiny", ["model.encoder.readout=queries"], "readout: learned queries instead of e2 - e1"),
     ("s_cd64", "lapa_tiny", ["model.quantizer.code_dim=64"], "continuous latent 64 instead of 16 dims per token"),
     ("s_cd128", "lapa_tiny", ["model.quantizer.code_dim=128"], "continuous latent 128 dims per token"),
     ("s_k8c16cd64", "lapa_tiny", ["model.quantizer.code_dim=64", "model.quantizer.num_tokens=8", "model.quantizer.codebook_size=16"],
      "8 tokens x 16 codes, 64 dims"),
+    ("s_k16c16cd64", "lapa_tiny", ["model.quantizer.code_dim=64", "model.quantizer.num_tokens=16", "model.quantizer.codebook_size=16"],
+     "16 tokens x 16 codes, 64 dims"),
+    ("s_k8c32cd64", "lapa_tiny", ["model.quantizer.code_dim=64", "model.quantizer.num_tokens=8", "model.quantizer.codebook_size=32"],
+     "8 tokens x 32 codes, 64 dims"),
+    ("s_k8_2k", "lapa_tiny", ["model.quantizer.code_dim=64", "model.quantizer.num_tokens=8", "model.quantizer.codebook_size=16", "steps=2000"],
+     "8 tokens x 16 codes, 64 dims, 2,000 steps"),
+    ("s_k8cd128_2k", "lapa_tiny", ["model.quantizer.code_dim=128", "model.quantizer.num_tokens=8", "model.quantizer.codebook_size=16", "steps=2000"],
+     "8 tokens x 16 codes, 128 dims, 2,000 steps"),
     ("s_gr", "lapa_tiny", ["data.gap.max_seconds=0.4"], "random gap 0.2-0.4 s (multi-step inverse dynamics)"),
     ("s_ls05", "lapa_tiny", [LIGHT], "light supervision: action head on 5% of train episodes, weight 0.05"),
     ("s_mvp", "mvp_lam_tiny", [], "cross-view reconstruction (MVP-LAM)"),
@@ -41,10 +52,15 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
     ("g_ent", "genie_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.01"], "cosine + usage entropy 0.01"),
     ("g_ent05", "genie_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.05"], "cosine + usage entropy 0.05"),
     ("g_mq", "genie_tiny", ["model.encoder.readout=motion_queries"], "readout: queries over o_t and e2 - e1"),
+    ("g_diff", "genie_tiny", ["model.encoder.readout=difference"], "readout: e2 - e1 pooled (LAPA's) instead of queries"),
+    ("g_diff_cos", "genie_tiny", ["model.encoder.readout=difference", "model.quantizer.lookup=cosine"], "e2 - e1 readout + cosine lookup"),
+    ("g_std", "genie_tiny", ["model.quantizer.lookup=standardized"], "standardized lookup (z centred and scaled per dim)"),
     ("u_base", "univla_tiny", [], "UniVLA-style preset as is"),
     ("u_cos", "univla_tiny", ["model.quantizer.lookup=cosine"], "cosine lookup"),
     ("u_ent", "univla_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.01"], "cosine + usage entropy 0.01"),
     ("u_mq", "univla_tiny", ["model.encoder.readout=motion_queries"], "readout: queries over o_t and e2 - e1"),
+    ("u_std", "univla_tiny", ["model.quantizer.lookup=standardized"], "standardized lookup (z centred and scaled per dim)"),
+    ("u_diff", "univla_tiny", ["model.encoder.readout=difference"], "readout: e2 - e1 pooled (LAPA's) instead of queries"),
 ]
 
 
@@ -60,8 +76,9 @@ def benchmark_cache() -> Path:
 def train(name: str, preset: str, overrides: list[str], cache: Path) -> None:
     if (OUT / name / "summary.json").is_file():
         return
+    base = PAPER_BOTTLENECK if preset in ("lapa_tiny", "mvp_lam_tiny") else []
     cmd = [str(ROOT / ".venv" / "bin" / "openlam"), "train", f"configs/{preset}.yaml", f"out={OUT / name}", f"data.cache={cache}",
-           *COMMON, *overrides]
+           *COMMON, *base, *overrides]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "MUJOCO_GL": "egl"})
 
@@ -92,10 +109,12 @@ def main() -> None:
                 train(name, preset, overrides, cache)
     have = [lv for lv in LEVERS if (OUT / lv[0] / "summary.json").is_file()]
     lines = [
-        "Each row: one run of 500 steps, batch 32, seed 0, on the benchmark's train split (cameras corner, corner2, "
+        "Each row: one run of 500 steps (unless the lever says otherwise), batch 32, seed 0, on the benchmark's train split (cameras corner, corner2, "
         "corner3; action over 0.2 s). recon / copy-last: held-out (validation) reconstruction MSE over copy-last-frame "
         "MSE (< 1 beats copy-last). Codes: used of the codebook, pooled over token positions, on validation pairs; "
-        "perplexity of that pooled usage. Probe: the online ridge probe's NMSE on the validation episodes at step 500 "
+        "perplexity of that pooled usage. The lapa_tiny and mvp_lam_tiny rows start from LAPA's own bottleneck (4 "
+        "tokens x 8 codes, 16 dims per token; the presets' before this screening) and change what the lever says. "
+        "Probe: the online ridge probe's NMSE on the validation episodes at the last step "
         "(1 = no better than the mean), from the continuous latent and from the one-hot tokens; per dim for the "
         "continuous latent in the order dx / dy / dz / gripper. One seed: a screening, not a comparison "
         "(differences under about 0.05 are within what a second seed could move). Train time is wall time on 2 cores "

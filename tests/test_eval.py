@@ -362,3 +362,16 @@ def test_eval_report_compare_cli_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     assert "I(Z;A) held-out bound, tokens [test]" in capsys.readouterr().out
+
+
+def test_figures_pool_runs_per_arm():
+    """Many seeds -> one bar per arm: mean over seeds, whiskers from the lowest to the highest seed;
+    a missing seed is left out of its arm's mean, a wholly missing cell stays missing."""
+    from openlam.eval.report import _pooled
+
+    series = {"a-s0": [{"value": 0.2}, None, 1.0], "a-s1": [{"value": 0.4}, None, 3.0], "b-s0": [{"value": 0.9}, {"value": 0.5}, None]}
+    out = _pooled(series, ["a", "a", "b"])
+    assert list(out) == ["a (n=2)", "b (n=1)"]
+    assert out["a (n=2)"][0] == {"value": pytest.approx(0.3), "ci_low": 0.2, "ci_high": 0.4}
+    assert out["a (n=2)"][1] is None and out["a (n=2)"][2] == 2.0  # references (plain numbers) are averaged
+    assert out["b (n=1)"] == [{"value": 0.9, "ci_low": 0.9, "ci_high": 0.9}, {"value": 0.5, "ci_low": 0.5, "ci_high": 0.5}, None]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import copy
 import math
 
 import pytest
@@ -159,6 +160,37 @@ def test_cosine_lookup_picks_codes_by_direction(kind):
     torch.testing.assert_close(q.embed_indices(ev.indices), ev.z_q)
     with pytest.raises(ConfigError, match="lookup"):
         from_dict(LAMConfig, {"quantizer": {"kind": "fsq", "lookup": "cosine"}}).validate()
+
+
+@pytest.mark.parametrize("kind", ["vq", "ema_vq", "nsvq"])
+def test_standardized_lookup_ignores_what_every_input_shares(kind):
+    """Codes are picked after each dim of z is centred and scaled over the batch: a drift shared by
+    every input (an offset and a per-dim scale of z) moves no assignment in training, evaluation
+    uses running statistics that follow the training batches, and continuous() changes nothing."""
+    torch.manual_seed(0)
+    q = build_quantizer(8, QuantizerConfig(kind=kind, num_tokens=2, codebook_size=8, code_dim=8, lookup="standardized"))
+    with torch.no_grad():
+        q.proj_in.weight.copy_(torch.eye(8))
+        q.proj_in.bias.zero_()
+    x = 0.1 * torch.randn(256, 2, 8) + 5.0  # a small spread around a large common offset
+    twin = copy.deepcopy(q)
+    torch.manual_seed(1)
+    first = q(x)
+    z = first.z_cont.reshape(-1, 8)
+    torch.testing.assert_close(z.mean(0), torch.zeros(8), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(8), atol=1e-2, rtol=0)
+    assert first.indices.unique().numel() >= 6  # codes seeded from the data cover the spread
+    torch.manual_seed(1)
+    drifted = twin(3.0 * (x - 5.0) - 40.0)  # the same inputs after a common drift, from the same state
+    assert torch.equal(drifted.indices, first.indices)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    q.continuous(x)
+    assert all(torch.equal(before[k], v) for k, v in q.state_dict().items())
+    for _ in range(1500):  # running statistics follow the batches
+        q(x)
+    torch.testing.assert_close(q.z_mean, x.reshape(-1, 8).mean(0), atol=1e-3, rtol=0)
+    q.eval()
+    torch.testing.assert_close(q(x).z_cont, q.train()(x).z_cont, atol=2e-2, rtol=0)
 
 
 def test_usage_entropy_term_spreads_a_collapsed_batch():

@@ -320,7 +320,7 @@ def results_section(cfg: ExperimentConfig, metrics: dict[str, list[dict[str, Any
     fig_dir.mkdir(parents=True, exist_ok=True)
     rel = Path(os.path.relpath(fig_dir, Path(cfg.results).parent))
     names = [f"{a}-s{s}" for a in arms for s in cfg.seeds]
-    figs = comparison_figures([m for a in arms for m in metrics[a]], names, fig_dir)
+    figs = comparison_figures([m for a in arms for m in metrics[a]], names, fig_dir, arm_of=[a for a in arms for _ in metrics[a]])
     train_s = {a: [t for t, _ in timing[a]] for a in arms}
     eval_s = [e for a in arms for _, e in timing[a]]
     gen = cfg.generate

@@ -106,7 +106,8 @@ def bars_with_ci(groups: list[str], series: dict[str, list[dict[str, Any] | None
     plt = _plt()
     names = list(series)
     w = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(groups) * max(1, len(names)) * 0.6 + 2), 3.4))
+    # a quarter inch per bar, within what a page shows
+    fig, ax = plt.subplots(figsize=(min(16.0, max(4.0, 2 + 0.25 * len(groups) * max(1, len(names)))), 3.6))
     x = np.arange(len(groups))
     for i, n in enumerate(names):
         recs = series[n]
@@ -122,7 +123,9 @@ def bars_with_ci(groups: list[str], series: dict[str, list[dict[str, Any] | None
                     ax.plot([xc - w / 2, xc + w / 2], [ref, ref], "k--", lw=1)
     ax.set_xticks(x, groups, fontsize=8, rotation=20, ha="right")
     ax.set_ylabel(ylabel, fontsize=9)
-    ax.set_title(title, fontsize=10)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(title, 110)), fontsize=9)
     if len(names) > 1 or reference:
         ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)

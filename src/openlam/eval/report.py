@@ -145,9 +145,39 @@ def _floor(m: dict[str, Any], split: str) -> float | None:
     return max(vals) if vals else None
 
 
-def comparison_figures(metrics: list[dict[str, Any]], names: list[str], out: Path) -> list[tuple[str, str]]:
-    """Bar charts with CIs across runs; dashed markers: floors (MI) and chance levels."""
-    from openlam.eval.plots import bars_with_ci
+def _pooled(series: dict[str, list[Any]], arm_of: list[str]) -> dict[str, list[Any]]:
+    """Per-run bars -> one bar per arm: the mean over its seeds, the whiskers spanning the lowest and
+    highest seed (references: their mean). Keeps a figure of many seeds readable."""
+    names, out = list(series), {}
+    for arm in dict.fromkeys(arm_of):
+        runs = [series[n] for n, a in zip(names, arm_of) if a == arm]
+        cells = []
+        for j in range(len(runs[0])):
+            vals = [r[j] if not isinstance(r[j], dict) else r[j].get("value") for r in runs]
+            vals = [v for v in vals if isinstance(v, (int, float))]
+            if not vals:
+                cells.append(None)
+            elif isinstance(runs[0][j], dict) or any(isinstance(r[j], dict) for r in runs):
+                cells.append({"value": sum(vals) / len(vals), "ci_low": min(vals), "ci_high": max(vals)})
+            else:
+                cells.append(sum(vals) / len(vals))
+        out[f"{arm} (n={len(runs)})"] = cells
+    return out
+
+
+def comparison_figures(metrics: list[dict[str, Any]], names: list[str], out: Path, arm_of: list[str] | None = None) -> list[tuple[str, str]]:
+    """Bar charts with CIs across runs; dashed markers: floors (MI) and chance levels. With `arm_of`
+    (the arm of each run) the bars are per arm: mean over seeds, whiskers from the lowest to the
+    highest seed."""
+    from openlam.eval import plots
+
+    def bars_with_ci(groups: list[str], series: dict[str, list[Any]], title: str, ylabel: str, path: Path,
+                     reference: dict[str, list[Any]] | None = None) -> None:
+        if arm_of is not None:
+            series = _pooled(series, arm_of)
+            reference = _pooled(reference, arm_of) if reference else None
+            title += "; per arm: mean over seeds, whiskers lowest to highest seed"
+        plots.bars_with_ci(groups, series, title, ylabel, path, reference)
 
     splits = list(dict.fromkeys(r["split"] for m in metrics for r in m["records"] if r["metric"] == "probe_nmse"))
     figs: list[tuple[str, str]] = []

@@ -35,8 +35,10 @@ class QuantizerConfig:
     codebook_size: int = 8
     code_dim: int = 32
     # nearest-code search: euclidean, or cosine (z and codes l2-normalised before the lookup, as in
-    # ViT-VQGAN): the encoder cannot shrink z towards one code, the usual way a small VQ collapses
-    lookup: Literal["euclidean", "cosine"] = "euclidean"
+    # ViT-VQGAN): the encoder cannot shrink z towards one code; or standardized (each dim of z
+    # centred and scaled by batch statistics, running ones at evaluation): the drift every input
+    # shares cannot carry the batch into one code's cell, the usual way a small VQ collapses
+    lookup: Literal["euclidean", "cosine", "standardized"] = "euclidean"
     # codebook-usage entropy term (as in LFQ / MAGVIT-v2): weight * (mean per-row entropy of the soft
     # assignment softmax(-distance / temperature) - entropy of its batch mean). It rewards spreading
     # the batch over many codes, which a collapsing encoder (near-identical outputs for every input)
@@ -85,7 +87,7 @@ class LAMConfig:
         if q.entropy_weight < 0 or q.entropy_temperature <= 0:
             raise ConfigError("model.quantizer: entropy_weight must be >= 0 and entropy_temperature > 0")
         if q.kind == "fsq" and (q.lookup != "euclidean" or q.entropy_weight):
-            raise ConfigError("model.quantizer.lookup=cosine and entropy_weight need a codebook (vq, ema_vq, nsvq), not fsq")
+            raise ConfigError("model.quantizer.lookup (cosine, standardized) and entropy_weight need a codebook (vq, ema_vq, nsvq), not fsq")
         if q.kind == "fsq":
             if any(level < 2 for level in q.fsq_levels):
                 raise ConfigError(f"model.quantizer.fsq_levels must all be >= 2, got {q.fsq_levels}")

@@ -62,6 +62,9 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
         self.proj_in = nn.Linear(dim, code_dim)
         self.proj_out = nn.Linear(code_dim, dim)
         self.register_buffer("usage", torch.full((codebook_size,), 1.0 / codebook_size))
+        if cfg.lookup == "standardized":  # running statistics of z for evaluation, like batch norm's
+            self.register_buffer("z_mean", torch.zeros(code_dim))
+            self.register_buffer("z_var", torch.ones(code_dim))
         self._last_z: torch.Tensor | None = None
 
     def _track(self, indices: torch.Tensor) -> torch.Tensor:
@@ -83,8 +86,33 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
 
     def continuous(self, x: torch.Tensor) -> torch.Tensor:
         """The pre-quantization embedding z_cont of tokens x (B, K, dim), with no side effects."""
-        z = self.proj_in(x)
-        return F.normalize(z, dim=-1) if self.cfg.lookup == "cosine" else z
+        return self._normalized(self.proj_in(x), update=False)
+
+    def _normalized(self, z: torch.Tensor, update: bool) -> torch.Tensor:
+        """z as the lookup sees it. cosine: l2-normalised. standardized: each dim centred and scaled
+        by the statistics of the (global) training batch, or by their running average in eval mode.
+        That removes what every input shares, so codes seeded from the data spread over how inputs
+        differ, however small that is early in training, and the common drift of an encoder's
+        outputs cannot carry the whole batch into one code's cell (the usual small-VQ collapse)."""
+        if self.cfg.lookup == "cosine":
+            return F.normalize(z, dim=-1)
+        if self.cfg.lookup != "standardized":
+            return z
+        if not self.training:
+            return (z - self.z_mean) * torch.rsqrt(self.z_var + 1e-5)
+        flat = z.reshape(-1, z.shape[-1])
+        mean, sq = flat.mean(0), flat.pow(2).mean(0)
+        if _distributed():  # global statistics in the forward pass; each rank's gradient flows through its own rows
+            total = torch.stack([mean, sq]).detach().clone()
+            dist.all_reduce(total)
+            total /= dist.get_world_size()
+            mean, sq = mean + (total[0] - mean).detach(), sq + (total[1] - sq).detach()
+        var = (sq - mean.pow(2)).clamp_min(0)
+        if update:
+            with torch.no_grad():
+                self.z_mean.lerp_(mean.detach(), 1 - self.cfg.usage_decay)
+                self.z_var.lerp_(var.detach(), 1 - self.cfg.usage_decay)
+        return (z - mean) * torch.rsqrt(var + 1e-5)
 
     @abc.abstractmethod
     def embed_indices(self, idx: torch.Tensor) -> torch.Tensor:
@@ -144,7 +172,7 @@ class _CodebookQuantizer(Quantizer):
 
     def _assign(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project, (first training batch: initialise codes from the data), find nearest codes."""
-        z = self.continuous(x)
+        z = self._normalized(self.proj_in(x), update=self.training)
         if self.training:
             self._data_init(z)
         idx, q = self.nearest(z)
