@@ -55,6 +55,7 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
     ("g_diff", "genie_tiny", ["model.encoder.readout=difference"], "readout: e2 - e1 pooled (LAPA's) instead of queries"),
     ("g_diff_cos", "genie_tiny", ["model.encoder.readout=difference", "model.quantizer.lookup=cosine"], "e2 - e1 readout + cosine lookup"),
     ("g_std", "genie_tiny", ["model.quantizer.lookup=standardized"], "standardized lookup (z centred and scaled per dim)"),
+    ("g_nsvq", "genie_tiny", ["model.quantizer.kind=nsvq"], "NSVQ (LAPA's quantizer) instead of VQ"),
     ("u_base", "univla_tiny", [], "UniVLA-style preset as is"),
     ("u_cos", "univla_tiny", ["model.quantizer.lookup=cosine"], "cosine lookup"),
     ("u_ent", "univla_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.01"], "cosine + usage entropy 0.01"),
