@@ -56,11 +56,13 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
     ("g_diff_cos", "genie_tiny", ["model.encoder.readout=difference", "model.quantizer.lookup=cosine"], "e2 - e1 readout + cosine lookup"),
     ("g_std", "genie_tiny", ["model.quantizer.lookup=standardized"], "standardized lookup (z centred and scaled per dim)"),
     ("g_nsvq", "genie_tiny", ["model.quantizer.kind=nsvq"], "NSVQ (LAPA's quantizer) instead of VQ"),
+    ("g_warm", "genie_tiny", ["model.quantizer.warmup_steps=200"], "decoder reads continuous z for the first 200 steps"),
     ("u_base", "univla_tiny", [], "UniVLA-style preset as is"),
     ("u_cos", "univla_tiny", ["model.quantizer.lookup=cosine"], "cosine lookup"),
     ("u_ent", "univla_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.01"], "cosine + usage entropy 0.01"),
     ("u_mq", "univla_tiny", ["model.encoder.readout=motion_queries"], "readout: queries over o_t and e2 - e1"),
     ("u_std", "univla_tiny", ["model.quantizer.lookup=standardized"], "standardized lookup (z centred and scaled per dim)"),
+    ("u_warm", "univla_tiny", ["model.quantizer.warmup_steps=200"], "decoder reads continuous z for the first 200 steps"),
     ("u_diff", "univla_tiny", ["model.encoder.readout=difference"], "readout: e2 - e1 pooled (LAPA's) instead of queries"),
 ]
 
@@ -84,6 +86,33 @@ def train(name: str, preset: str, overrides: list[str], cache: Path) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "MUJOCO_GL": "egl"})
 
 
+def latent_use(run: Path) -> float:
+    """Held-out error with another pair's latent over the error with the pair's own, for a run made
+    before training measured it: the run's model on the same fixed validation batches as training's
+    own held-out evaluation (cached in latent_use.json)."""
+    path = run / "latent_use.json"
+    if not path.is_file():
+        import torch
+
+        from openlam.config import load_config
+        from openlam.data.cache import FrameCache
+        from openlam.data.pairs import PairDataset
+        from openlam.models.lam import LatentActionModel
+        from openlam.train.config import TrainConfig
+        from openlam.train.evaluate import reconstruction_eval
+        from openlam.train.trainer import _fixed_batches
+
+        cfg = load_config(TrainConfig, run / "config.yaml", [])
+        cache = FrameCache(Path(json.loads((run / "inputs.json").read_text())["cache"]))
+        views = json.loads((run / "inputs.json").read_text())["views"]
+        val = PairDataset(cache, cfg.data.val_split, views, cfg.data.gap, seed=cfg.seed + 1)
+        model = LatentActionModel.from_pretrained(run / "model").eval()
+        e = reconstruction_eval(model, _fixed_batches(val, min(cfg.batch_size, 64), cfg.eval_batches), torch.device("cpu"))
+        path.write_text(json.dumps(e))
+    e = json.loads(path.read_text())
+    return e["shuffled_latent_mse"] / e["recon_mse"]
+
+
 def row(name: str, preset: str, overrides: list[str], what: str) -> str:
     s = json.loads((OUT / name / "summary.json").read_text())
     e, p = s["eval"], s.get("probe", {})
@@ -92,7 +121,8 @@ def row(name: str, preset: str, overrides: list[str], what: str) -> str:
         return f"{p[key]:.3f}" if key in p else "–"
 
     dims = " / ".join(f"{p[k]:.2f}" for k in sorted(p) if k.startswith("probe/nmse_continuous/"))
-    return (f"| {name} | {preset} | {what} | {s['train_time_s']:.0f} | {e['recon_mse'] / e['copy_last_mse']:.3f} | "
+    shuffled = f"{e['shuffled_latent_mse'] / e['recon_mse'] if 'shuffled_latent_mse' in e else latent_use(OUT / name):.3f}"
+    return (f"| {name} | {preset} | {what} | {s['train_time_s']:.0f} | {e['recon_mse'] / e['copy_last_mse']:.3f} | {shuffled} | "
             f"{e['codes_used']}/{e['codebook_size']} | {e['perplexity']:.2f} | {f('probe/nmse_continuous')} | "
             f"{f('probe/nmse_onehot')} | {dims} |")
 
@@ -112,7 +142,9 @@ def main() -> None:
     lines = [
         "Each row: one run of 500 steps (unless the lever says otherwise), batch 32, seed 0, on the benchmark's train split (cameras corner, corner2, "
         "corner3; action over 0.2 s). recon / copy-last: held-out (validation) reconstruction MSE over copy-last-frame "
-        "MSE (< 1 beats copy-last). Codes: used of the codebook, pooled over token positions, on validation pairs; "
+        "MSE (< 1 beats copy-last). Other latent / own: the same error when each pair is predicted from its own o_t "
+        "but another pair's latent, over the error with its own (about 1: the decoder does without the latent). "
+        "Codes: used of the codebook, pooled over token positions, on validation pairs; "
         "perplexity of that pooled usage. The lapa_tiny and mvp_lam_tiny rows start from LAPA's own bottleneck (4 "
         "tokens x 8 codes, 16 dims per token; the presets' before this screening) and change what the lever says. "
         "Probe: the online ridge probe's NMSE on the validation episodes at the last step "
@@ -121,8 +153,9 @@ def main() -> None:
         "(differences under about 0.05 are within what a second seed could move). Train time is wall time on 2 cores "
         "and is only comparable between runs that had the machine to themselves.",
         "",
-        "| run | preset | lever | train s | recon / copy-last | codes | perplexity | probe continuous | probe one-hot | continuous per dim |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | preset | lever | train s | recon / copy-last | other latent / own | codes | perplexity | probe continuous "
+        "| probe one-hot | continuous per dim |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *[row(*lv) for lv in have],
     ]
     missing = [lv[0] for lv in LEVERS if lv not in have]

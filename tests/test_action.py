@@ -122,3 +122,27 @@ def test_continuous_latent_matches_the_quantizers_input(lookup):
 def test_needs_actions():
     with pytest.raises(ConfigError, match="needs training data with actions"):
         ActionSupervision(ActionConfig(), ObjectiveContext({0: 5, 1: 5}, latent_dim=8, action_stats=None))
+
+
+def test_shuffled_latent_error_shows_whether_the_decoder_reads_the_latent():
+    """Held-out eval also predicts each pair with another pair's latent (same camera): equal to the
+    own-latent error exactly when the decoder ignores the latent, different when it reads it."""
+    from openlam.train.evaluate import reconstruction_eval
+
+    from openlam.objectives.reconstruction import stack_views
+
+    model = small_model()
+    b = batch([0, 1, 2, 3, 4, 5], views=2)
+    model(stack_views(b, b.views))  # a training forward seeds the codebook from the data
+    with torch.no_grad():  # at initialisation the latents differ little: make the decoder read them strongly
+        model.decoder.act_in.weight.mul_(1e3)
+    reads = reconstruction_eval(model, [b], torch.device("cpu"))
+    assert abs(reads["shuffled_latent_mse"] - reads["recon_mse"]) > 1e-5 * reads["recon_mse"]
+    with torch.no_grad():  # a decoder blind to the action tokens
+        model.decoder.act_in.weight.zero_()
+        model.decoder.act_in.bias.zero_()
+    blind = reconstruction_eval(model, [b], torch.device("cpu"))
+    assert blind["shuffled_latent_mse"] == pytest.approx(blind["recon_mse"], rel=1e-9)
+    # the partner is another pair, never the same pair's other camera: with one pair there is no other
+    one = reconstruction_eval(small_model(), [batch([0], views=2)], torch.device("cpu"))
+    assert one["shuffled_latent_mse"] == pytest.approx(one["recon_mse"], rel=1e-9)

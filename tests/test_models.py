@@ -193,6 +193,30 @@ def test_standardized_lookup_ignores_what_every_input_shares(kind):
     torch.testing.assert_close(q(x).z_cont, q.train()(x).z_cont, atol=2e-2, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["vq", "ema_vq", "nsvq"])
+def test_quantizer_warmup_passes_z_then_closes_the_bottleneck(kind):
+    """For warmup_steps training steps the decoder reads z itself (codes still assigned); then the
+    codes; evaluation always reads the codes; the step count is part of the saved state."""
+    torch.manual_seed(0)
+    q = build_quantizer(8, QuantizerConfig(kind=kind, num_tokens=2, codebook_size=4, code_dim=4, warmup_steps=2))
+    x = torch.randn(32, 2, 8)
+    for _ in range(2):
+        out = q(x)
+        torch.testing.assert_close(out.z_q, q.proj_out(out.z_cont))
+        assert out.indices.shape == (32, 2) and out.counts.sum() == 64
+    after = q(x)
+    assert not torch.allclose(after.z_q, q.proj_out(after.z_cont))
+    if kind == "vq":  # nsvq replaces the quantization error by noise; ema_vq has moved its codes since
+        torch.testing.assert_close(after.z_q, q.embed_indices(after.indices))
+    assert int(q.state_dict()["steps_seen"]) == 3
+    q.eval()
+    ev = q(x)
+    torch.testing.assert_close(ev.z_q, q.embed_indices(ev.indices))
+    assert "steps_seen" not in build_quantizer(8, QuantizerConfig(kind=kind)).state_dict()  # old checkpoints still load
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        from_dict(LAMConfig, {"quantizer": {"kind": "fsq", "warmup_steps": 5}}).validate()
+
+
 def test_usage_entropy_term_spreads_a_collapsed_batch():
     torch.manual_seed(0)
     cfg = QuantizerConfig(kind="vq", num_tokens=1, codebook_size=4, code_dim=2, entropy_weight=1.0, entropy_temperature=0.5)

@@ -90,8 +90,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     if "eval" in r:
         e = r["eval"]
         print(f"trained {r['steps']} steps in {r['train_time_s']:.0f} s -> {cfg.out}\n"
-              f"held-out ({r['eval_split']}) recon MSE {e['recon_mse']:.5f} vs copy-last-frame {e['copy_last_mse']:.5f}; "
-              f"codes used {e['codes_used']}/{e['codebook_size']}, perplexity {e['perplexity']:.2f}")
+              f"held-out ({r['eval_split']}) recon MSE {e['recon_mse']:.5f} vs copy-last-frame {e['copy_last_mse']:.5f} "
+              f"(another pair's latent: {e['shuffled_latent_mse']:.5f});\ncodes used {e['codes_used']}/{e['codebook_size']}, perplexity {e['perplexity']:.2f}")
     return 0
 
 

@@ -50,6 +50,12 @@ class QuantizerConfig:
     fsq_levels: list[int] = field(default_factory=lambda: [8])  # fsq: levels per code dim; codebook = prod
     restart_every: int = 100  # dead-code restart period in steps (0: never); not for fsq
     restart_threshold: float = 0.03  # a code is dead if its recent usage < threshold * uniform share
+    # for the first N training steps the decoder reads the continuous z instead of its code (codes
+    # are still assigned, counted and trained): a decoder that learns to read the latent while it is
+    # informative, and codes that settle on where the encoder's outputs are, before the bottleneck
+    # closes. A straight-through VQ otherwise starts with near-identical codes for every input, and
+    # its decoder learns to predict o_t+H without them. 0: off
+    warmup_steps: int = 0
     usage_decay: float = 0.99  # EMA of per-code usage for restarts and the collapse alarm
     collapse_threshold: float = 0.25  # alarm when fewer than this fraction of codes are in use
 
@@ -93,6 +99,8 @@ class LAMConfig:
                 raise ConfigError(f"model.quantizer.fsq_levels must all be >= 2, got {q.fsq_levels}")
         elif q.codebook_size < 2:
             raise ConfigError(f"model.quantizer.codebook_size must be >= 2, got {q.codebook_size}")
+        if q.warmup_steps < 0 or (q.kind == "fsq" and q.warmup_steps):
+            raise ConfigError(f"model.quantizer.warmup_steps must be >= 0 and needs a codebook (vq, ema_vq, nsvq), got {q.warmup_steps} for {q.kind}")
         if q.num_tokens < 1:
             raise ConfigError("model.quantizer.num_tokens must be >= 1")
 

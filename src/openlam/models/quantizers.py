@@ -62,6 +62,8 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
         self.proj_in = nn.Linear(dim, code_dim)
         self.proj_out = nn.Linear(code_dim, dim)
         self.register_buffer("usage", torch.full((codebook_size,), 1.0 / codebook_size))
+        if cfg.warmup_steps:  # training steps seen (a buffer: saved with checkpoints, equal on every rank)
+            self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
         if cfg.lookup == "standardized":  # running statistics of z for evaluation, like batch norm's
             self.register_buffer("z_mean", torch.zeros(code_dim))
             self.register_buffer("z_var", torch.ones(code_dim))
@@ -113,6 +115,14 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
                 self.z_mean.lerp_(mean.detach(), 1 - self.cfg.usage_decay)
                 self.z_var.lerp_(var.detach(), 1 - self.cfg.usage_decay)
         return (z - mean) * torch.rsqrt(var + 1e-5)
+
+    def _warm(self, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads in training: z itself during the warm-up, `out` after (no host sync)."""
+        if not (self.training and self.cfg.warmup_steps > 0):
+            return out
+        warming = (self.steps_seen < self.cfg.warmup_steps).to(z.dtype)
+        self.steps_seen.add_(1)
+        return warming * z + (1 - warming) * out
 
     @abc.abstractmethod
     def embed_indices(self, idx: torch.Tensor) -> torch.Tensor:
@@ -234,7 +244,7 @@ class VQ(_CodebookQuantizer):
         z_st = z + (q - z).detach()
         if self.training:
             self._last_z = z.detach()
-        return QuantOut(self.proj_out(z_st), idx, z, loss, self._track(idx))
+        return QuantOut(self.proj_out(self._warm(z, z_st)), idx, z, loss, self._track(idx))
 
 
 class EMAVQ(_CodebookQuantizer):
@@ -266,7 +276,7 @@ class EMAVQ(_CodebookQuantizer):
             self._last_z = z.detach()
         loss = self.cfg.beta * F.mse_loss(z, q.detach()) + self.entropy_loss(z)
         z_st = z + (q - z).detach()
-        return QuantOut(self.proj_out(z_st), idx, z, loss, self._track(idx))
+        return QuantOut(self.proj_out(self._warm(z, z_st)), idx, z, loss, self._track(idx))
 
     def _set_codes(self, dead: torch.Tensor, fresh: torch.Tensor) -> None:
         # a restarted code gets a unit cluster so the next EMA update keeps it where it was put
@@ -290,7 +300,7 @@ class NSVQ(_CodebookQuantizer):
             self._last_z = z.detach()
         else:
             out = q
-        return QuantOut(self.proj_out(out), idx, z, self.entropy_loss(z), self._track(idx))
+        return QuantOut(self.proj_out(self._warm(z, out)), idx, z, self.entropy_loss(z), self._track(idx))
 
 
 class FSQ(Quantizer):

@@ -19,16 +19,22 @@ from openlam.objectives.reconstruction import stack_views
 def reconstruction_eval(model: LatentActionModel, batches: list[PairBatch], device: torch.device) -> dict[str, Any]:
     """Pixel MSE (in [-1, 1] units) of the prediction and of copying o_t, over the given batches,
     and usage / perplexity of the codes the encoder assigns. For a feature target the error is
-    measured in (normalised) feature space and the baseline uses o_t's features."""
+    measured in (normalised) feature space and the baseline uses o_t's features.
+
+    `shuffled_latent_mse`: the error when each pair is predicted from its own o_t but another pair's
+    latent action (same camera, half a batch away). About equal to `recon_mse`: the decoder does
+    without the latent, whatever the code usage says."""
     was = model.training
     model.eval()
-    err = base = n = 0.0
+    err = base = n = shuffled = 0.0
     counts = torch.zeros(model.cfg.codebook_size, device=device)
     for b in batches:
         b = b.to(device)
-        x = stack_views(b, b.views)
-        out = model(x)
+        x = stack_views(b, b.views)  # rows b * views + v
+        other = torch.roll(torch.arange(x.shape[0], device=device), len(b.views) * max(1, len(b) // 2))
+        out = model(x, swaps=[other])
         err += F.mse_loss(out.pred, out.target, reduction="sum").item()
+        shuffled += F.mse_loss(out.swapped[0], out.target, reduction="sum").item()
         if model.cfg.target == "pixels":
             base += F.mse_loss(x[:, 0], out.target, reduction="sum").item()
         else:
@@ -42,6 +48,7 @@ def reconstruction_eval(model: LatentActionModel, batches: list[PairBatch], devi
     return {
         "recon_mse": err / n,
         "copy_last_mse": base / n,
+        "shuffled_latent_mse": shuffled / n,
         "beats_copy_last": err < base,
         "codes_used": used,
         "codebook_size": int(counts.numel()),
