@@ -296,6 +296,7 @@ def test_share_of_ceiling_pairs_split_and_probe():
         {"metric": "probe_nmse", "split": "test", "features": "continuous", "estimator": "ridge", "value": 0.2, "ci_low": 0.1, "ci_high": 0.3},
         {"metric": "probe_nmse", "split": "test", "features": "continuous", "estimator": "mlp", "value": 0.1},
         {"metric": "probe_nmse", "split": "ood_camera", "features": "continuous", "estimator": "ridge", "value": 1.1},
+        {"metric": "probe_nmse", "split": "ood:light", "features": "continuous", "estimator": "ridge", "value": 0.95},
         {"metric": "probe_nmse", "split": "test", "features": "onehot", "estimator": "ridge", "value": 0.9}]}  # not the ceiling
     ours = [{"metric": "probe_nmse", "split": "test", "features": "onehot", "estimator": "ridge", "value": 0.6},
             {"metric": "probe_nmse", "split": "test", "features": "continuous", "estimator": "mlp", "value": 0.55},
@@ -304,10 +305,10 @@ def test_share_of_ceiling_pairs_split_and_probe():
             {"metric": "mi_bound", "split": "test", "features": "tokens", "value": 0.3}]
     recs = ceiling_records(ours, ref, "sup")
     ceil = {(r["split"], r["estimator"]): r["value"] for r in recs if r["metric"] == "ceiling_probe_nmse"}
-    assert ceil == {("test", "ridge"): 0.2, ("test", "mlp"): 0.1, ("ood_camera", "ridge"): 1.1}
+    assert ceil == {("test", "ridge"): 0.2, ("test", "mlp"): 0.1, ("ood_camera", "ridge"): 1.1, ("ood:light", "ridge"): 0.95}
     share = {(r["split"], r["features"], r["estimator"]): r["value"] for r in recs if r["metric"] == "share_of_ceiling"}
     assert share == {("test", "onehot", "ridge"): pytest.approx(0.4 / 0.8), ("test", "continuous", "mlp"): pytest.approx(0.45 / 0.9),
-                     ("ood_camera", "onehot", "ridge"): None}
+                     ("ood_camera", "onehot", "ridge"): None, ("ood:light", "onehot", "ridge"): None}  # explains 5%: no share
 
 
 def test_eval_report_compare_cli_end_to_end(tmp_path, capsys):

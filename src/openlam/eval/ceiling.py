@@ -43,6 +43,9 @@ def check_same_data(ours: dict[str, Any], ref: dict[str, Any], ours_meta: dict[s
         raise DataError(ref_dir / "metrics.json", "splits", f"the evaluated run's splits {ours.get('splits')}", str(ref.get("splits")))
 
 
+MIN_EXPLAINED = 0.1  # the ceiling must explain at least this share of the target's variance
+
+
 def ceiling_records(records: list[dict[str, Any]], ref: dict[str, Any], ref_run: str) -> list[dict[str, Any]]:
     """For every probe record of the LAM: the ceiling's NMSE (continuous embedding, same probe and
     split) and the share of its explained variance the LAM recovers."""
@@ -53,7 +56,8 @@ def ceiling_records(records: list[dict[str, Any]], ref: dict[str, Any], ref_run:
         if c is None or r.get("value") is None or c.get("value") is None:
             continue
         explained = 1.0 - c["value"]
+        # a ceiling that explains (almost) nothing defines no share: a ratio to ~0 is noise
         out.append({"metric": "share_of_ceiling", "split": r["split"], "features": r["features"], "estimator": r["estimator"],
-                    "value": (1.0 - r["value"]) / explained if explained > 0 else None, "ceiling_nmse": c["value"],
+                    "value": (1.0 - r["value"]) / explained if explained >= MIN_EXPLAINED else None, "ceiling_nmse": c["value"],
                     "nmse": r["value"], "ceiling_run": ref_run})
     return out
