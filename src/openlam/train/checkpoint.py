@@ -53,6 +53,11 @@ def latest(out: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def step_of(path: Path) -> int:
+    """The step a finished checkpoint was saved at."""
+    return int(json.loads((path / "meta.json").read_text())["step"])
+
+
 def load(path: Path) -> tuple[int, Weights, dict[str, Any]]:
     """Step, every weight file by stem, and the training state."""
     if not (path / "meta.json").is_file():
