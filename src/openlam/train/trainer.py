@@ -160,8 +160,10 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
         out.mkdir(parents=True, exist_ok=True)
     if resume and checkpoint.latest(out) is None:
         raise OpenLAMError(f"{out}: --resume given but there is no checkpoint in {checkpoint.ckpt_dir(out)}")
+    ckpt = None
     if resume:  # before anything is read or written: a refused resume leaves the run's record as it was
-        check_resume(cfg, out, checkpoint.step_of(checkpoint.latest(out)))
+        ckpt = checkpoint.load_latest(out)
+        check_resume(cfg, out, ckpt[1])
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
@@ -187,10 +189,8 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     start, resumed_time = 0, 0.0
-    if resume:
-        path = checkpoint.latest(out)
-        assert path is not None
-        start, weights, tstate = checkpoint.load(path)
+    if ckpt is not None:
+        path, start, weights, tstate = ckpt
         load_strict(model, weights["model"], path / "model.safetensors")
         if objective.state_dict() or "objective" in weights:
             load_strict(objective, weights.get("objective", {}), path / "objective.safetensors")

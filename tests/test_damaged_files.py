@@ -1,0 +1,77 @@
+"""Damaged checkpoints, models and full disks: every error names the file; resume falls back to the
+newest checkpoint that reads back whole; a damaged model names the run's last intact checkpoint."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+import torch
+
+from openlam.errors import DamagedFile, OpenLAMError
+from openlam.models.lam import LatentActionModel
+from openlam.train import checkpoint
+from openlam.train.trainer import train
+from test_run_record import cfg, dataset
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.fixture()
+def run(tmp_path) -> tuple[Path, Path]:
+    data, out = dataset(tmp_path / "d", seed=0), tmp_path / "run"
+    train(cfg(data, out, steps=6, ckpt_every=3))
+    return data, out
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "state.pt", "meta.json"])
+def test_resume_skips_a_damaged_newest_checkpoint_and_says_so(run, damaged):
+    data, out = run
+    bad = out / "checkpoints" / "step_00000006" / damaged
+    truncate(bad) if damaged != "meta.json" else bad.write_text("{\"st")
+    with pytest.warns(UserWarning, match=rf"{bad}.*resuming from the checkpoint before it"):
+        train(cfg(data, out, steps=9, ckpt_every=3), resume=True)
+    logged = [line for line in (out / "metrics.jsonl").read_text().splitlines() if '"step": 4,' in line and '"loss"' in line]
+    assert logged, "training went on from step 3"
+    assert (out / "checkpoints" / "step_00000009" / "meta.json").is_file()
+
+
+def test_resume_with_no_intact_checkpoint_lists_each(run):
+    data, out = run
+    for s in (3, 6):
+        truncate(out / "checkpoints" / f"step_{s:08d}" / "state.pt", 0.1)
+    with pytest.warns(UserWarning), pytest.raises(OpenLAMError, match=r"no intact checkpoint(.|\n)*step_00000006/state.pt(.|\n)*step_00000003/state.pt"):
+        train(cfg(data, out, steps=9), resume=True)
+
+
+def test_a_damaged_model_names_its_file_and_the_last_intact_checkpoint(run):
+    data, out = run
+    truncate(out / "model" / "model.safetensors")
+    with pytest.raises(DamagedFile, match=rf"{out / 'model' / 'model.safetensors'}: not a readable safetensors file.*"
+                                          rf"last intact checkpoint is {out / 'checkpoints' / 'step_00000006'} \(step 6\)"):
+        LatentActionModel.from_pretrained(out / "model")
+    from openlam.label import LabelConfig, label
+
+    with pytest.raises(DamagedFile, match="model.safetensors: not a readable safetensors file"):
+        label(out, data, out / "labels", LabelConfig())
+    (out / "model" / "config.json").write_text('{"model": ')
+    with pytest.raises(DamagedFile, match=r"config.json: not readable JSON"):
+        LatentActionModel.from_pretrained(out / "model")
+
+
+@pytest.mark.parametrize("error", [RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4544 vs 4432"),
+                                   OSError(errno.ENOSPC, "No space left on device")], ids=["torch", "os"])
+def test_a_full_disk_during_a_checkpoint_is_said_in_words(run, monkeypatch, error):
+    _, out = run
+
+    def full(*a, **k):
+        raise error
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(OpenLAMError, match=r"step 9 failed: no space left on the device holding .*; the last intact checkpoint is .*step_00000006"):
+        checkpoint.save(out, 9, {"model": {"w": torch.zeros(2)}}, {"x": 1}, keep_last=3)
+    assert not list((out / "checkpoints").glob(".step_*")), "the partial checkpoint is removed"
