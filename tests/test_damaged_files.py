@@ -75,3 +75,20 @@ def test_a_full_disk_during_a_checkpoint_is_said_in_words(run, monkeypatch, erro
     with pytest.raises(OpenLAMError, match=r"step 9 failed: no space left on the device holding .*; the last intact checkpoint is .*step_00000006"):
         checkpoint.save(out, 9, {"model": {"w": torch.zeros(2)}}, {"x": 1}, keep_last=3)
     assert not list((out / "checkpoints").glob(".step_*")), "the partial checkpoint is removed"
+
+
+def test_leftovers_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from openlam.artifacts import atomic_dir, atomic_write_text
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for name in (f".ds.tmp-{dead.pid}", f".ds.old-{dead.pid}", ".ds.tmp-1", f".labels.json.tmp-{dead.pid}"):
+        (tmp_path / name).mkdir() if "json" not in name else (tmp_path / name).write_text("{")
+    with atomic_dir(tmp_path / "ds") as tmp:
+        (tmp / "x").write_text("1")
+    atomic_write_text(tmp_path / "labels.json", "{}")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".ds.tmp-1", "ds", "labels.json"], left  # pid 1 is alive: its folder may still be in use
