@@ -79,3 +79,17 @@ def test_cuda_without_a_gpu_is_a_config_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=r"device=cuda: torch .* sees no CUDA GPU on this machine; use device=cpu"):
         distributed.init("cuda")
+
+
+def test_gap_in_frames_from_the_command_line():
+    """`openlam label ... gap.frames=8` (the --help example) means a gap of 8 frames; switching a
+    preset's gap from seconds to frames says how."""
+    from openlam.label import LabelConfig
+    from openlam.train.config import TrainConfig
+
+    gap = load_config(LabelConfig, None, ["gap.frames=8", "shard_episodes=4"]).gap
+    assert (gap.seconds, gap.frames) == (None, 8)
+    assert load_config(LabelConfig, None, ["gap.seconds=0.3"]).gap.seconds == 0.3
+    with pytest.raises(ConfigError, match=r"got seconds=0.1, frames=8 \(.*also set gap.seconds=null\)"):
+        load_config(TrainConfig, "configs/lapa_tiny.yaml", ["data.gap.frames=8"])
+    assert load_config(TrainConfig, "configs/lapa_tiny.yaml", ["data.gap.frames=8", "data.gap.seconds=null"]).data.gap.frames == 8
