@@ -93,3 +93,35 @@ def test_torchrun_two_processes_give_the_same_labels(setup, tmp_path):
     p = subprocess.run(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert load_labels(tmp_path / "two")[1].to_pydict() == load_labels(tmp_path / "one")[1].to_pydict()
+
+
+def test_short_episodes_are_named_not_silently_skipped(setup, tmp_path):
+    root, _, _ = setup
+    eps = moving_squares(episodes=3, length=20, size=32) + moving_squares(episodes=1, length=3, size=32, seed=5)
+    ds = write_lerobot(tmp_path / "ds", eps, fps=10.0)
+    with pytest.warns(UserWarning, match=r"1 episode\(s\) no longer than the gap \(3 frames\) give no pairs and are not labelled: \[3\]"):
+        label(root / "model", ds, tmp_path / "out", cfg())
+    meta, t = load_labels(tmp_path / "out")
+    assert meta["unlabelled_episodes"] == [3] and sorted(set(t["episode"].to_pylist())) == [0, 1, 2]
+
+
+def test_a_copied_run_relabels_and_reads_its_own_cache(setup, tmp_path):
+    """labels.json records the model and cache relative to itself: a run copied elsewhere with its
+    labels is re-evaluated in place (same settings, no 'different settings' refusal) and reads its
+    own cache, not the original's."""
+    import shutil
+
+    from openlam.label import labelled_cache
+
+    root, ds, _ = setup
+    run = tmp_path / "run"
+    shutil.copytree(root / "model", run / "model")
+    label(run, ds, run / "eval" / "labels", cfg())
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, moved)
+    shutil.rmtree(run)
+    r = label(moved, ds, moved / "eval" / "labels", cfg())
+    assert r["labelled_pairs_this_run"] == 0  # complete already: nothing redone
+    assert labelled_cache(moved / "eval" / "labels") == (moved / "eval" / "labels" / "cache").resolve()
+    meta, t = load_labels(moved / "eval" / "labels")
+    assert t.num_rows == 7 * 2 * (20 - 3) and not meta["model"].startswith("/")

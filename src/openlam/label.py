@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,18 +89,27 @@ def _label(model_path, dataset, out: Path, cfg: LabelConfig, info, device) -> di
         raise DataError(cache_dir / "cache.json", "cameras", f"the requested views {views}", f"{cache.cameras} (missing {missing})")
     n_eps = len(cache.episodes)
     shards = (n_eps + cfg.shard_episodes - 1) // cfg.shard_episodes
+    short = [e for e, ep in enumerate(cache.episodes) if ep["length"] <= gap.frame_range(ep["fps"])[0]]
+    if short and info.main:
+        span = f"{gap.frames} frames" if gap.frames else f"{gap.seconds} s"
+        warnings.warn(f"{cache_dir}: {len(short)} episode(s) no longer than the gap ({span}) give no pairs and "
+                      f"are not labelled: {short[:10]}{' ...' if len(short) > 10 else ''}", stacklevel=2)
     meta = {
-        "model": str(mdir.resolve()), "model_fingerprint": fingerprint_files([mdir / "model.safetensors"]),
-        "dataset": cache.meta["source"], "dataset_fingerprint": cache.meta["source_fingerprint"], "cache": str(cache_dir.resolve()),
+        # paths relative to the labels folder: a run copied or moved with its labels still resolves them
+        "model": os.path.relpath(mdir.resolve(), out.resolve()), "model_fingerprint": fingerprint_files([mdir / "model.safetensors"]),
+        "dataset": cache.meta["source"], "dataset_fingerprint": cache.meta["source_fingerprint"],
+        "cache": os.path.relpath(cache_dir.resolve(), out.resolve()),
         "gap": gap.describe(), "views": views, "num_tokens": model.cfg.quantizer.num_tokens,
         "codebook_size": model.cfg.codebook_size, "code_dim": model.quantizer.code_dim,
         "shard_episodes": cfg.shard_episodes, "shards": shards, "episodes": n_eps,
     }
     meta_path = out / "labels.json"
     if meta_path.is_file():
-        old = {k: v for k, v in json.loads(meta_path.read_text()).items() if k != "complete"}
-        if old != meta:
-            diff = sorted(k for k in meta if old.get(k) != meta[k])
+        old = {k: v for k, v in json.loads(meta_path.read_text()).items() if k not in ("complete", "unlabelled_episodes")}
+        same = lambda k: (_resolve(old[k], out) == _resolve(meta[k], out) if k in ("model", "cache") and k in old  # noqa: E731
+                          else old.get(k) == meta[k])
+        if not all(same(k) for k in meta) or set(old) != set(meta):
+            diff = sorted(k for k in meta.keys() | old.keys() if k not in meta or k not in old or not same(k))
             raise OpenLAMError(f"{meta_path}: a labelling with different settings is there ({diff}); use another --out")
     elif info.main:
         atomic_write_json(meta_path, meta | {"complete": False})
@@ -120,7 +130,7 @@ def _label(model_path, dataset, out: Path, cfg: LabelConfig, info, device) -> di
     distributed.barrier()
     if info.main:
         done = all((out / "shards" / f"shard-{s:05d}.parquet").is_file() for s in range(shards))
-        atomic_write_json(meta_path, meta | {"complete": done})
+        atomic_write_json(meta_path, meta | {"complete": done, "unlabelled_episodes": short})
     return {"out": str(out), "shards": shards, "labelled_pairs_this_run": frames, "seconds": elapsed,
             "pairs_per_s": frames / elapsed if elapsed > 0 else 0.0, "config": to_dict(cfg)}
 
@@ -165,6 +175,17 @@ def shard_table(episode: np.ndarray, frame: np.ndarray, view: list[str] | np.nda
         "tokens": pa.FixedSizeListArray.from_arrays(pa.array(tok.reshape(-1)), tok.shape[1]),
         "z_cont": pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1)), z.shape[1]),
     })
+
+
+def _resolve(path: str, labels: Path) -> Path:
+    p = Path(path)
+    return (p if p.is_absolute() else labels / p).resolve()
+
+
+def labelled_cache(labels: str | Path) -> Path:
+    """The frame cache a labelling was made from (its labels.json records it relative to itself)."""
+    labels = Path(labels)
+    return _resolve(json.loads((labels / "labels.json").read_text())["cache"], labels)
 
 
 def load_labels(out: str | Path) -> tuple[dict[str, Any], pa.Table]:

@@ -9,7 +9,6 @@ scored on held-out episodes (test) and on each OOD split the dataset defines.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +74,7 @@ def _run_dataset(run: Path) -> str:
 
 
 def evaluate(run: str | Path, dataset: str | Path | None = None, out: str | Path | None = None, cfg: EvalConfig | None = None) -> dict[str, Any]:
-    from openlam.label import LabelConfig, label, resolve_model
+    from openlam.label import LabelConfig, label, labelled_cache, resolve_model
     from openlam.models.lam import LatentActionModel
     from openlam.train import distributed
 
@@ -92,7 +91,7 @@ def evaluate(run: str | Path, dataset: str | Path | None = None, out: str | Path
     _, device = distributed.init(cfg.device)
     model = LatentActionModel.from_pretrained(mdir, map_location=device).eval()
 
-    cache = FrameCache(json.loads((out / "labels" / "labels.json").read_text())["cache"])
+    cache = FrameCache(labelled_cache(out / "labels"))
     table = build_table(out / "labels", cache)
     records = metric_records(table, cfg, model=model, cache=cache, device=device)
     align_recs: list[dict[str, Any]] = []
@@ -204,7 +203,7 @@ def viewpoint_records(table: EvalTable, train: np.ndarray, splits: list[str], cf
 def _align_datasets(run: Path, dataset: str, table: EvalTable, out: Path, cfg: EvalConfig) -> list[dict[str, Any]]:
     """CKA across datasets: each --align dataset is labelled with the same model; domain = dataset."""
     from openlam.eval.cka import cka_alignment
-    from openlam.label import LabelConfig, label
+    from openlam.label import LabelConfig, label, labelled_cache
 
     zs, toks, doms, eps = [], [], [], []
     sets = [(Path(dataset).name or "dataset", table)]
@@ -212,7 +211,7 @@ def _align_datasets(run: Path, dataset: str, table: EvalTable, out: Path, cfg: E
         ldir = out / "align" / f"{i}-{Path(d).name}" / "labels"
         label(run, d, ldir, LabelConfig(gap=cfg.gap, batch_size=cfg.batch_size, device=cfg.device))
 
-        other_cache = FrameCache(json.loads((ldir / "labels.json").read_text())["cache"])
+        other_cache = FrameCache(labelled_cache(ldir))
         sets.append((f"{i}-{Path(d).name}", build_table(ldir, other_cache, require_actions=False)))
     for j, (name, t) in enumerate(sets):
         rows = _sample_episodes(t.episode, np.arange(len(t)), cfg.cka_max_rows // len(sets), cfg.seed)
