@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -35,6 +36,10 @@ def test_missing_video_file(ds):
     (ds / VIDEO).unlink()
     with pytest.raises(DataError, match=r"file-000\.mp4: field 'video file': expected an existing mp4 file"):
         open_dataset(ds).load(0)
+    # validate names the file once, with the episodes it holds, not once per episode and check
+    problems = validate_dataset(ds)
+    assert len(problems) == 1, [str(p) for p in problems]
+    assert re.search(r"file-000\.mp4: field 'video file': expected present for observation\.images\.side \(episodes 0, 1", str(problems[0]))
 
 
 def test_truncated_mp4(ds):
@@ -149,7 +154,9 @@ def test_validate_reports_every_problem(ds):
     problems = validate_dataset(ds)
     text = "\n".join(map(str, problems))
     assert "field 'total_frames': expected 59" in text
-    assert text.count("observation.images.front/chunk-000/file-000.mp4: field 'video file'") >= 3  # every episode
+    # the missing file once, naming every episode it holds
+    assert text.count("observation.images.front/chunk-000/file-000.mp4: field 'video file'") == 1
+    assert "observation.images.front (episodes 0, 1, 2)" in text
     assert main(["validate", str(ds)]) == 1
 
 

@@ -8,6 +8,7 @@ check moves on to the next episode.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,25 @@ def validate_dataset(path: str | Path, decode: bool = True) -> list[DataError]:
                     if list(ep.frames[cam].shape[1:3]) != hw and len(hw) == 2:
                         problems.append(DataError(path / "meta" / "info.json", f"features.{src.camera_keys[cam]}.shape",
                                                   f"{want} (decoded frames of episode {i})", f"{list(ep.frames[cam].shape[1:])}"))
-    return problems
+    return merge_by_file(problems)
+
+
+def merge_by_file(problems: list[DataError]) -> list[DataError]:
+    """One error per (file, field): a missing or broken video shared by many episodes is named once,
+    with the episodes it affects, not once per episode and check."""
+    groups: dict[tuple[str, str], list[DataError]] = {}
+    for p in problems:
+        groups.setdefault((p.file, p.field), []).append(p)
+    merged = []
+    for (file, field), ps in groups.items():
+        episodes = sorted({int(m) for p in ps for m in re.findall(r"\(episode (\d+)\)", p.expected)})
+        if len(ps) == 1 or not episodes:
+            merged += ps if not episodes else ps[:1]
+            continue
+        shown = ", ".join(map(str, episodes[:8])) + (f", ... ({len(episodes)} episodes)" if len(episodes) > 8 else "")
+        expected = re.sub(r"\(episode \d+\)", f"(episodes {shown})", ps[0].expected)
+        merged.append(DataError(file, field, expected, ps[0].got))
+    return merged
 
 
 def _structure(src) -> list[DataError]:  # type: ignore[no-untyped-def]
