@@ -244,3 +244,23 @@ def test_stats_have_lerobot_quantiles(ds):
         assert len(stats["action"][q]) == 4
     assert np.array(stats["observation.images.front"]["q50"]).shape == (3, 1, 1)
     assert stats["action"]["q01"][0] < stats["action"]["q50"][0] < stats["action"]["q99"][0]
+
+
+def test_a_video_shifted_by_extra_frames_fails_validate(ds):
+    """10 extra frames at the start of a camera's file shift every episode in it against its actions
+    and masks: the file's frame count no longer matches what its episodes index (checked without
+    decoding, so --quick catches it too)."""
+    from openlam.data.video import VideoAppender, VideoConfig, count_frames, decode_all
+
+    path = ds / VIDEO
+    frames, fps = decode_all(path)
+    before = count_frames(path)
+    w = VideoAppender(path.with_name("shifted.mp4"), fps, frames.shape[2], frames.shape[1], VideoConfig())
+    w.append(np.concatenate([np.repeat(frames[:1], 10, 0), frames]))
+    w.close()
+    path.with_name("shifted.mp4").replace(path)
+    for quick in (True, False):
+        text = "\n".join(map(str, validate_dataset(ds, decode=not quick)))
+        assert re.search(rf"file-000\.mp4: field 'frame count': expected {before} frames, what its episodes index "
+                         rf"\(observation\.images\.side, episodes 0, 1, 2\).*got {before + 10}", text), text
+    assert main(["validate", str(ds), "--quick"]) == 1

@@ -51,6 +51,35 @@ def validate_dataset(path: str | Path, decode: bool = True) -> list[DataError]:
     return merge_by_file(problems)
 
 
+def _video_file_matches_episodes(path: Path, key: str, spans: list[tuple[int, float, float]], fps: float) -> list[DataError]:
+    """A video file holds exactly the frames its episodes index, back to back from 0 s: extra or
+    missing frames anywhere shift every later episode of the file against its actions and masks,
+    and nothing downstream could tell."""
+    from openlam.data.video import count_frames
+
+    try:
+        n = count_frames(path)
+    except DataError as e:
+        return [e]
+    spans = sorted(spans, key=lambda s: s[1])
+    problems = []
+    tol = 0.5 / fps
+    if abs(spans[0][1]) > tol:
+        problems.append(DataError(path, "episode timestamps", f"the first episode in the file ({key}, episode {spans[0][0]}) to start at 0 s",
+                                  f"{spans[0][1]:.3f} s"))
+    for (a, _, end), (b, start, _) in zip(spans, spans[1:]):
+        if abs(start - end) > tol:
+            problems.append(DataError(path, "episode timestamps", f"episodes back to back ({key}: episode {a} ends at {end:.3f} s)",
+                                      f"episode {b} starting at {start:.3f} s"))
+    indexed = round(spans[-1][2] * fps)
+    if n != indexed:
+        eps = [s[0] for s in spans]
+        shown = ", ".join(map(str, eps[:8])) + (f", ... ({len(eps)} episodes)" if len(eps) > 8 else "")
+        problems.append(DataError(path, "frame count", f"{indexed} frames, what its episodes index ({key}, episodes {shown}); "
+                                  "extra or missing frames shift the episodes against their actions", f"{n}"))
+    return problems
+
+
 def merge_by_file(problems: list[DataError]) -> list[DataError]:
     """One error per (file, field): a missing or broken video shared by many episodes is named once,
     with the episodes it affects, not once per episode and check."""
@@ -84,6 +113,7 @@ def _structure(src) -> list[DataError]:  # type: ignore[no-untyped-def]
                                   f"== length for every episode (episode {bad})", f"{ends[bad] - starts[bad]} vs {lengths[bad]}"))
     for key, f in src.features.items():
         if f["dtype"] == "video":
+            files: dict[Path, list[tuple[int, float, float]]] = {}
             for i in range(len(src)):
                 try:
                     p = src.path / src.video_path_tpl.format(
@@ -94,6 +124,13 @@ def _structure(src) -> list[DataError]:  # type: ignore[no-untyped-def]
                     break
                 if not p.is_file():
                     problems.append(DataError(p, "video file", f"present for {key} (episode {i})", "missing"))
+                    continue
+                t = src.ep_table
+                start = float(t[f"videos/{key}/from_timestamp"][i]) if f"videos/{key}/from_timestamp" in t else 0.0
+                end = float(t[f"videos/{key}/to_timestamp"][i]) if f"videos/{key}/to_timestamp" in t else start + lengths[i] / src.fps
+                files.setdefault(p, []).append((i, start, end))
+            for p, spans in files.items():
+                problems += _video_file_matches_episodes(p, key, spans, src.fps)
         elif f["dtype"] not in ("image", "string") and not isinstance(f.get("shape"), list):
             problems.append(DataError(info_path, f"features.{key}.shape", "a list of ints", repr(f.get("shape"))))
     for cam in src.cameras:
