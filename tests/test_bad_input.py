@@ -264,3 +264,66 @@ def test_a_video_shifted_by_extra_frames_fails_validate(ds):
         assert re.search(rf"file-000\.mp4: field 'frame count': expected {before} frames, what its episodes index "
                          rf"\(observation\.images\.side, episodes 0, 1, 2\).*got {before + 10}", text), text
     assert main(["validate", str(ds), "--quick"]) == 1
+
+
+def _edit_info(ds, **changes):
+    info = json.loads((ds / "meta/info.json").read_text())
+    info.update(changes)
+    (ds / "meta/info.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("video_path", "../elsewhere/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"),
+    ("video_path", "/tmp/{video_key}/file-{file_index:03d}.mp4"),
+    ("data_path", "file:///etc/data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"),
+    ("video_path", "http://example.org/{video_key}.mp4"),
+])
+def test_path_templates_must_stay_inside_the_dataset(ds, field, value):
+    _edit_info(ds, **{field: value})
+    with pytest.raises(DataError, match=rf"info\.json: field '{field}': expected a path relative to the dataset folder"):
+        open_dataset(ds)
+
+
+def test_a_symlink_out_of_the_dataset_is_refused(ds, tmp_path):
+    outside = tmp_path / "outside.mp4"
+    shutil.copy(ds / VIDEO, outside)
+    (ds / VIDEO).unlink()
+    (ds / VIDEO).symlink_to(outside)
+    with pytest.raises(DataError, match=rf"field 'video_path': expected a file inside {ds}, got .*resolves to {outside}"):
+        open_dataset(ds).load(0)
+
+
+def test_a_playlist_is_never_followed(ds, tmp_path):
+    """An HLS playlist inside the dataset would make FFmpeg read the files (or URLs) it lists."""
+    from openlam.data.video import count_frames
+
+    outside = tmp_path / "secret.mp4"
+    shutil.copy(ds / VIDEO, outside)
+    text = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\nfile://{outside}\n#EXT-X-ENDLIST\n"
+    refused = r"field 'video stream': expected a decodable video in a local mp4, mov, mkv, webm or avi file \(playlists"
+    (ds / VIDEO).write_text(text)  # disguised as the camera's mp4
+    with pytest.raises(DataError, match=refused):
+        open_dataset(ds).load(0)
+    (tmp_path / "list.m3u8").write_text(text)  # by its own extension, FFmpeg would pick the HLS demuxer
+    with pytest.raises(DataError, match=refused):
+        count_frames(tmp_path / "list.m3u8")
+
+
+def test_unsafe_camera_names_are_refused(ds):
+    info = json.loads((ds / "meta/info.json").read_text())
+    info["features"]["observation.images.../../x"] = info["features"]["observation.images.side"]
+    (ds / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"field 'features.observation.images.../../x': expected a camera name of letters"):
+        open_dataset(ds)
+
+
+def test_image_paths_must_stay_inside_the_dataset(tmp_path):
+    from openlam.data.lerobot_reader import _inside
+
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "a.png").write_bytes(b"x")
+    assert _inside(root, "images/a.png", root / "f.parquet", "observation.images.top") == root / "images" / "a.png"
+    for bad in ("../secret.png", "/etc/passwd", "file:///etc/passwd", "images/../../secret.png"):
+        with pytest.raises(DataError, match=r"f\.parquet: field 'observation\.images\.top': expected a path relative"):
+            _inside(root, bad, root / "f.parquet", "observation.images.top")

@@ -116,9 +116,10 @@ def _structure(src) -> list[DataError]:  # type: ignore[no-untyped-def]
             files: dict[Path, list[tuple[int, float, float]]] = {}
             for i in range(len(src)):
                 try:
-                    p = src.path / src.video_path_tpl.format(
-                        video_key=key, chunk_index=src.ep_table[f"videos/{key}/chunk_index"][i],
-                        file_index=src.ep_table[f"videos/{key}/file_index"][i], episode_chunk=0, episode_index=i)
+                    p = src.video_file(key, i)
+                except DataError as e:  # a path leaving the dataset folder
+                    problems.append(e)
+                    break
                 except KeyError:
                     problems.append(DataError(src.path / "meta" / "episodes", f"videos/{key}/chunk_index", "present", "missing"))
                     break
