@@ -92,8 +92,11 @@ def evaluate(run: str | Path, dataset: str | Path | None = None, out: str | Path
     model = LatentActionModel.from_pretrained(mdir, map_location=device).eval()
 
     cache = FrameCache(labelled_cache(out / "labels"))
-    table = build_table(out / "labels", cache)
-    records = metric_records(table, cfg, model=model, cache=cache, device=device)
+    table = build_table(out / "labels", cache, require_actions=False)
+    has_actions = cache.action_space is not None
+    if cfg.ceiling and not has_actions:
+        raise ConfigError(f"--ceiling: {dataset} has no actions, so there is no probe to compare with a ceiling")
+    records = (metric_records if has_actions else unlabelled_records)(table, cfg, model=model, cache=cache, device=device)
     align_recs: list[dict[str, Any]] = []
     if cfg.cka_rounds and cfg.align:
         align_recs = _align_datasets(run, dataset, table, out, cfg)
@@ -107,6 +110,8 @@ def evaluate(run: str | Path, dataset: str | Path | None = None, out: str | Path
         "codebook": codebook_stats(table.tokens, table.codebook_size, table.view, table.task),
         "seconds": {"label": seconds_label, "total": time.perf_counter() - t0},
     }
+    if not has_actions:
+        result["needs_actions"] = NEEDS_ACTIONS
     if cfg.ceiling:
         from openlam.eval.ceiling import ceiling_records, check_same_data
         from openlam.eval.report import load_metrics
@@ -151,6 +156,50 @@ def metric_records(table: EvalTable, cfg: EvalConfig, model: Any = None, cache: 
         recs += [{**r, "split": held} for r in transfer_consistency(
             model, cache, table.episode, table.frame, table.gap, table.view, table.tokens,
             lambda t: probe.predict(one_hot_tokens(t, C)), a_pool=test, n=cfg.transfer_pairs, n_boot=cfg.n_boot, seed=cfg.seed, device=device)]
+    if cfg.cka_rounds and not cfg.align and len(set(table.view.tolist())) > 1:
+        from openlam.eval.cka import cka_alignment
+
+        rows = _sample_episodes(table.episode, np.arange(len(table)), cfg.cka_max_rows, cfg.seed)
+        recs += [{**r, "split": "all", "domain": "view"} for r in cka_alignment(
+            table.z[rows], table.tokens[rows], table.view[rows], table.episode[rows], rounds=cfg.cka_rounds, seed=cfg.seed)]
+    return recs
+
+
+# what an evaluation of data without actions leaves out, and why (metrics.json `needs_actions`)
+NEEDS_ACTIONS = {
+    "mi_bound": "held-out bound on I(Z; A): A is the action",
+    "reference_mi_bound / reference_probe_nmse": "floors and task/phase labellers are scored against the action",
+    "probe_nmse": "probes predict the action",
+    "phase-matched permutation test": "tests whether the latent knows each episode's own action",
+    "insample_mi": "in-sample I(Z; A)",
+    "transfer_probe_action_nmse": "compares the probed actions of z and of its transferred re-encoding",
+    "share_of_ceiling": "the ceiling is a supervised model of the action",
+}
+
+
+def unlabelled_records(table: EvalTable, cfg: EvalConfig, model: Any = None, cache: FrameCache | None = None,
+                       device: Any = "cpu") -> list[dict[str, Any]]:
+    """Every number that needs no actions, for unlabelled video: cross-view agreement and the
+    viewpoint probe where there are several cameras, transfer consistency (token recovery, without
+    the probe term) and CKA across cameras. Held-out rows are the test split when there is one,
+    else every labelled pair (nothing is fit on them but the viewpoint probe, which needs a split)."""
+    held = table.rows("test") if "test" in table.splits and table.splits["test"].any() else np.arange(len(table))
+    C = table.codebook_size
+    recs: list[dict[str, Any]] = []
+    split = "test" if len(held) < len(table) else "all"
+    if len(set(table.view[held].tolist())) > 1:
+        from openlam.eval.crossview import cross_view
+
+        recs += [{**r, "split": split} for r in cross_view(table.episode[held], table.frame[held], table.view[held], table.tokens[held], C,
+                                                            n_boot=cfg.n_boot, seed=cfg.seed)]
+        if "train" in table.splits and table.splits["train"].any() and split == "test":
+            recs += viewpoint_records(table, table.rows("train"), ["test"], cfg)
+    if model is not None and cache is not None and cfg.transfer_pairs:
+        from openlam.eval.transfer import transfer_consistency
+
+        recs += [{**r, "split": split} for r in transfer_consistency(
+            model, cache, table.episode, table.frame, table.gap, table.view, table.tokens, None, a_pool=held,
+            n=cfg.transfer_pairs, n_boot=cfg.n_boot, seed=cfg.seed, device=device)]
     if cfg.cka_rounds and not cfg.align and len(set(table.view.tolist())) > 1:
         from openlam.eval.cka import cka_alignment
 
