@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +118,18 @@ class LeRobotSource(EpisodeSource):
                 raise DataError(root / fmt.OPENLAM_META, "action_space", "{names: [...], kinds: [delta|absolute, ...]}", str(e)) from None
             if self.action_space.dim != self.action_dim:
                 raise DataError(root / fmt.OPENLAM_META, "action_space.names", f"{self.action_dim} names (info.json action shape)", str(self.action_space.dim))
+        elif a_feat and isinstance(a_feat.get("kinds"), list):  # openlam's copy in info.json (meta/openlam.json lost)
+            try:
+                self.action_space = ActionSpace(_names(a_feat, self.action_dim or 0), list(a_feat["kinds"]), "kinds from info.json")
+            except (TypeError, ValueError) as e:
+                raise DataError(info_path, "features.action.kinds", f"{self.action_dim} of delta|absolute", str(e)) from None
+            if len(self.action_space.kinds) != self.action_dim:
+                raise DataError(info_path, "features.action.kinds", f"{self.action_dim} kinds (the action shape)", str(len(a_feat["kinds"])))
         elif a_feat:
             self.action_space = ActionSpace.guess(_names(a_feat, self.action_dim or 0))
+            warnings.warn(f"{root}: no action kinds recorded (no meta/openlam.json, no features.action.kinds in info.json); "
+                          f"guessed from the names: {dict(zip(self.action_space.names, self.action_space.kinds))}. Action "
+                          "targets over a gap sum delta dims and take absolute ones at the end: check the guess", stacklevel=2)
         else:
             self.action_space = None
         s_feat = feats.get("observation.state")
