@@ -24,13 +24,15 @@ STAT_KEYS = ("min", "max", "mean", "std", "count", *QUANTILE_KEYS)
 Stats = dict[str, np.ndarray]
 
 
-def vector_stats(x: np.ndarray) -> Stats:
-    """Stats of per-frame values x: (T,) or (T, D) of bool, int or float (min / max keep the type)."""
+def vector_stats(x: np.ndarray, max_quantile_rows: int | None = None) -> Stats:
+    """Stats of per-frame values x: (T,) or (T, D) of bool, int or float (min / max keep the type).
+    Quantiles from at most `max_quantile_rows` evenly spaced rows (None: all)."""
     x = np.asarray(x)
     rows = x.reshape(len(x), -1)
     f = rows.astype(np.float64)
     out: Stats = {"min": rows.min(0), "max": rows.max(0), "mean": f.mean(0), "std": f.std(0), "count": np.array([len(x)])}
-    q = np.quantile(f, QUANTILES, axis=0)
+    step = max(1, len(f) // max_quantile_rows) if max_quantile_rows else 1
+    q = np.quantile(f[::step], QUANTILES, axis=0)
     return out | {k: v for k, v in zip(QUANTILE_KEYS, q)}
 
 
@@ -52,7 +54,7 @@ def camera_stats(frames: np.ndarray) -> Stats:
     pick = pick[:, ::step, ::step]
     v = (pick.astype(np.float64)[..., None].repeat(3, -1) if pick.ndim == 3 else pick.astype(np.float64) / 255.0)
     per_channel = v.reshape(-1, 3)
-    s = vector_stats(per_channel)
+    s = vector_stats(per_channel, max_quantile_rows=1 << 16)  # a sort of every pixel would dominate writing
     s = {k: a.reshape(3, 1, 1) for k, a in s.items() if k != "count"}
     s["count"] = np.array([len(pick)])
     return s
