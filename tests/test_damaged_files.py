@@ -63,15 +63,27 @@ def test_a_damaged_model_names_its_file_and_the_last_intact_checkpoint(run):
         LatentActionModel.from_pretrained(out / "model")
 
 
-@pytest.mark.parametrize("error", [RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4544 vs 4432"),
-                                   OSError(errno.ENOSPC, "No space left on device")], ids=["torch", "os"])
-def test_a_full_disk_during_a_checkpoint_is_said_in_words(run, monkeypatch, error):
+def _safetensors_full() -> Exception:
+    from safetensors import SafetensorError
+
+    return SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })")
+
+
+@pytest.mark.parametrize("where, error", [
+    ("torch", RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4544 vs 4432")),
+    ("torch", OSError(errno.ENOSPC, "No space left on device")),
+    ("safetensors", _safetensors_full()),
+], ids=["torch", "os", "safetensors"])
+def test_a_full_disk_during_a_checkpoint_is_said_in_words(run, monkeypatch, where, error):
     _, out = run
 
     def full(*a, **k):
         raise error
 
-    monkeypatch.setattr(checkpoint.torch, "save", full)
+    if where == "torch":
+        monkeypatch.setattr(checkpoint.torch, "save", full)
+    else:
+        monkeypatch.setattr(checkpoint, "save_file", full)
     with pytest.raises(OpenLAMError, match=r"step 9 failed: no space left on the device holding .*; the last intact checkpoint is .*step_00000006"):
         checkpoint.save(out, 9, {"model": {"w": torch.zeros(2)}}, {"x": 1}, keep_last=3)
     assert not list((out / "checkpoints").glob(".step_*")), "the partial checkpoint is removed"

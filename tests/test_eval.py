@@ -414,3 +414,15 @@ def test_unlabelled_video_is_evaluated_without_actions(tmp_path, capsys):
     assert "No actions in" in (tmp_path / "rep" / "report.md").read_text()
     assert main(["eval", str(run), "--ceiling", str(run), "n_boot=10"]) == 2  # no probe, so no ceiling to compare with
     assert "has no actions, so there is no probe to compare with a ceiling" in capsys.readouterr().err
+
+
+def test_embedding_map_of_a_one_dimensional_latent(tmp_path):
+    from openlam.eval.plots import embedding_map
+    from openlam.eval.table import EvalTable
+
+    n = 40
+    t = EvalTable(np.repeat(np.arange(4), 10), np.tile(np.arange(10), 4), np.array(["a"] * n, dtype=object), np.ones(n, np.int64),
+                  np.arange(n).reshape(-1, 1) % 3, np.linspace(0, 1, n).reshape(-1, 1).astype(np.float32), np.zeros((n, 0), np.float32),
+                  np.array(["t"] * n, dtype=object), {}, {}, 3)
+    embedding_map(t, tmp_path / "e.png")
+    assert (tmp_path / "e.png").stat().st_size > 1000

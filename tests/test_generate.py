@@ -169,13 +169,15 @@ def test_generator_workers_end_with_a_killed_parent(tmp_path):
         "if __name__ == '__main__':\n"
         "    mp.get_context('spawn').Pool(2, initializer=_worker_init, initargs=(os.getpid(),)).map(job, range(2))\n")
     proc = subprocess.Popen([sys.executable, str(script)], env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list(tmp_path.glob("w*"))) < 2:
-        time.sleep(0.1)
-    workers = [int(p.name[1:]) for p in tmp_path.glob("w*")]
-    assert len(workers) == 2, "workers never started"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(list(tmp_path.glob("w*"))) < 2:
+            time.sleep(0.1)
+        workers = [int(p.name[1:]) for p in tmp_path.glob("w*")]
+        assert len(workers) == 2, "workers never started"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
     def running(pid: int) -> bool:
         try:

@@ -54,7 +54,7 @@ def test_resume_refuses_changes_that_alter_the_run_and_keeps_its_record(tmp_path
             assert f"  {k}: " in str(err.value), (k, str(err.value))
         assert record(out) == before, change
     with pytest.raises(ConfigError, match="latest checkpoint is at step 6"):
-        train(cfg(data, out, steps=6), resume=True)
+        train(cfg(data, out, steps=5), resume=True)
     assert record(out) == before
     # declared safe: more steps, logging, checkpointing, loader workers
     train(cfg(data, out, steps=9, ckpt_every=3, log_every=1, **{"data.workers": 1}), resume=True)
@@ -95,3 +95,29 @@ def test_a_stale_cache_in_the_run_folder_is_rebuilt_not_reused(tmp_path):
         for p in (out / "checkpoints").glob("step_*"):
             shutil.rmtree(p)
         train(cfg(b, out, steps=2, ckpt_every=100, **{"model.quantizer.collapse_threshold": 0.0}))
+
+
+def test_resume_finishes_a_run_stopped_after_its_last_checkpoint_and_ignores_form(tmp_path, monkeypatch):
+    """Killed between the last checkpoint and model/ + summary.json: resuming with the same config
+    finishes it (what `openlam experiment` does). A record written before a config key existed,
+    the dataset named by another path to the same folder, and another device are not changes."""
+    data, out = dataset(tmp_path / "a", seed=0), tmp_path / "run"
+    train(cfg(data, out))
+    shutil.rmtree(out / "model")
+    (out / "summary.json").unlink()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["model"]["quantizer"]["warmup_steps"]  # as written by an older openlam
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    monkeypatch.chdir(tmp_path)
+    r = train(cfg(Path("a"), out, device="cpu"), resume=True)
+    assert r["steps"] == 6 and (out / "model" / "model.safetensors").is_file() and (out / "summary.json").is_file()
+
+
+def test_damaged_run_records_are_named(tmp_path):
+    from openlam.errors import DamagedFile
+
+    data, out = dataset(tmp_path / "a", seed=0), tmp_path / "run"
+    train(cfg(data, out))
+    (out / "inputs.json").write_text('{"cache": ')
+    with pytest.raises(DamagedFile, match=r"inputs.json: unreadable"):
+        train(cfg(data, out, steps=8), resume=True)

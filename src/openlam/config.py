@@ -134,7 +134,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not readable YAML ({e})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a YAML mapping at top level")
         data = loaded

@@ -52,9 +52,11 @@ def validate_dataset(path: str | Path, decode: bool = True) -> list[DataError]:
 
 
 def _video_file_matches_episodes(path: Path, key: str, spans: list[tuple[int, float, float]], fps: float) -> list[DataError]:
-    """A video file holds exactly the frames its episodes index, back to back from 0 s: extra or
-    missing frames anywhere shift every later episode of the file against its actions and masks,
-    and nothing downstream could tell."""
+    """A video file holds the frames its episodes index. Fewer frames than the last episode's end:
+    episodes point past the file. More, when the episodes lie back to back from 0 s (as every writer
+    lays them out): extra frames at the start or between episodes shift every later one against its
+    actions and masks, which nothing downstream could tell. Files whose episodes leave gaps (an edited
+    dataset that kept its videos) are checked for the first only."""
     from openlam.data.video import count_frames
 
     try:
@@ -62,22 +64,18 @@ def _video_file_matches_episodes(path: Path, key: str, spans: list[tuple[int, fl
     except DataError as e:
         return [e]
     spans = sorted(spans, key=lambda s: s[1])
-    problems = []
     tol = 0.5 / fps
-    if abs(spans[0][1]) > tol:
-        problems.append(DataError(path, "episode timestamps", f"the first episode in the file ({key}, episode {spans[0][0]}) to start at 0 s",
-                                  f"{spans[0][1]:.3f} s"))
-    for (a, _, end), (b, start, _) in zip(spans, spans[1:]):
-        if abs(start - end) > tol:
-            problems.append(DataError(path, "episode timestamps", f"episodes back to back ({key}: episode {a} ends at {end:.3f} s)",
-                                      f"episode {b} starting at {start:.3f} s"))
     indexed = round(spans[-1][2] * fps)
-    if n != indexed:
-        eps = [s[0] for s in spans]
-        shown = ", ".join(map(str, eps[:8])) + (f", ... ({len(eps)} episodes)" if len(eps) > 8 else "")
-        problems.append(DataError(path, "frame count", f"{indexed} frames, what its episodes index ({key}, episodes {shown}); "
-                                  "extra or missing frames shift the episodes against their actions", f"{n}"))
-    return problems
+    eps = [s[0] for s in spans]
+    shown = ", ".join(map(str, eps[:8])) + (f", ... ({len(eps)} episodes)" if len(eps) > 8 else "")
+    if n < indexed:
+        return [DataError(path, "frame count", f"at least {indexed} frames, what its episodes index ({key}, episodes {shown})", f"{n}")]
+    back_to_back = abs(spans[0][1]) <= tol and all(abs(b[1] - a[2]) <= tol for a, b in zip(spans, spans[1:]))
+    if back_to_back and n > indexed:
+        return [DataError(path, "frame count", f"{indexed} frames, what its episodes index back to back from 0 s ({key}, episodes "
+                          f"{shown}); extra frames at the start or between episodes shift them against their actions (frames after "
+                          "the last episode would be harmless, e.g. one deleted without re-encoding; only decoding could tell)", f"{n}")]
+    return []
 
 
 def merge_by_file(problems: list[DataError]) -> list[DataError]:

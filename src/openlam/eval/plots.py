@@ -145,7 +145,9 @@ def embedding_map(table: EvalTable, path: Path, max_rows: int = 5000, seed: int 
     plt = _plt()
     rng = np.random.default_rng(seed)
     rows = rng.permutation(len(table))[:max_rows]
-    xy = PCA(n_components=2, random_state=seed).fit_transform(table.z[rows].astype(np.float64))
+    z = table.z[rows].astype(np.float64)
+    # a one-dimensional latent (e.g. fsq with one level list) is drawn against a random jitter
+    xy = PCA(n_components=2, random_state=seed).fit_transform(z) if z.shape[1] >= 2 else np.c_[z[:, 0], rng.uniform(-1, 1, len(z))]
     uniq, inv, cnt = np.unique(table.tokens[rows], axis=0, return_inverse=True, return_counts=True)
     top = np.argsort(-cnt)[:8]
     views = table.view[rows]

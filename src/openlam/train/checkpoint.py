@@ -41,10 +41,11 @@ def save(out: Path, step: int, weights: Weights, train_state: dict[str, Any], ke
         for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-    except (OSError, RuntimeError) as e:
+    except Exception as e:  # OSError, torch's RuntimeError ('unexpected pos'), safetensors' own error type
         shutil.rmtree(tmp, ignore_errors=True)
+        intact = last_intact(out)
         raise OpenLAMError(f"{tmp}: writing the checkpoint of step {step} failed: {_why(e, root)}; "
-                           f"the last intact checkpoint is {latest(out) or 'none'}") from e
+                           f"the last intact checkpoint is {intact[0] if intact else 'none'}") from e
     for stale in root.glob(".step_*.tmp-*"):  # left by killed runs
         if stale != tmp:
             shutil.rmtree(stale, ignore_errors=True)
@@ -57,7 +58,8 @@ def save(out: Path, step: int, weights: Weights, train_state: dict[str, Any], ke
 
 
 def _why(e: BaseException, where: Path) -> str:
-    """A full disk in words: torch.save reports it as 'unexpected pos ...', safetensors as an OSError."""
+    """A full disk in words: torch.save reports it as 'unexpected pos ...', safetensors as its own
+    error type with 'No space left on device (os error 28)'."""
     full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "unexpected pos" in str(e) or "No space left" in str(e)
     if not full:
         try:

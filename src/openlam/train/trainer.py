@@ -78,7 +78,8 @@ def resolve_cache(cfg: TrainConfig, out: Path, main: bool, resume: bool = False)
     cams = src.check_cameras(cfg.data.views)
     rebuild = False
     if (path / "cache.json").is_file():
-        why = cache_mismatch(json.loads((path / "cache.json").read_text()), src.path, src.fingerprint(), cfg.model.image_size, cams)
+        why = cache_mismatch(json.loads((path / "cache.json").read_text()), src.path, src.fingerprint(), cfg.model.image_size, cams,
+                             [e.fps for e in src.episodes])
         if why and resume:
             raise ConfigError(f"{path}: not the data this run was trained on: {'; '.join(why)}. "
                               "--resume continues a run on its own data; start a new run in another out")
