@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -35,6 +36,10 @@ def test_missing_video_file(ds):
     (ds / VIDEO).unlink()
     with pytest.raises(DataError, match=r"file-000\.mp4: field 'video file': expected an existing mp4 file"):
         open_dataset(ds).load(0)
+    # validate names the file once, with the episodes it holds, not once per episode and check
+    problems = validate_dataset(ds)
+    assert len(problems) == 1, [str(p) for p in problems]
+    assert re.search(r"file-000\.mp4: field 'video file': expected present for observation\.images\.side \(episodes 0, 1", str(problems[0]))
 
 
 def test_truncated_mp4(ds):
@@ -149,7 +154,9 @@ def test_validate_reports_every_problem(ds):
     problems = validate_dataset(ds)
     text = "\n".join(map(str, problems))
     assert "field 'total_frames': expected 59" in text
-    assert text.count("observation.images.front/chunk-000/file-000.mp4: field 'video file'") >= 3  # every episode
+    # the missing file once, naming every episode it holds
+    assert text.count("observation.images.front/chunk-000/file-000.mp4: field 'video file'") == 1
+    assert "observation.images.front (episodes 0, 1, 2)" in text
     assert main(["validate", str(ds)]) == 1
 
 
@@ -237,3 +244,88 @@ def test_stats_have_lerobot_quantiles(ds):
         assert len(stats["action"][q]) == 4
     assert np.array(stats["observation.images.front"]["q50"]).shape == (3, 1, 1)
     assert stats["action"]["q01"][0] < stats["action"]["q50"][0] < stats["action"]["q99"][0]
+
+
+def test_a_video_shifted_by_extra_frames_fails_validate(ds):
+    """10 extra frames at the start of a camera's file shift every episode in it against its actions
+    and masks: the file's frame count no longer matches what its episodes index (checked without
+    decoding, so --quick catches it too)."""
+    from openlam.data.video import VideoAppender, VideoConfig, count_frames, decode_all
+
+    path = ds / VIDEO
+    frames, fps = decode_all(path)
+    before = count_frames(path)
+    w = VideoAppender(path.with_name("shifted.mp4"), fps, frames.shape[2], frames.shape[1], VideoConfig())
+    w.append(np.concatenate([np.repeat(frames[:1], 10, 0), frames]))
+    w.close()
+    path.with_name("shifted.mp4").replace(path)
+    for quick in (True, False):
+        text = "\n".join(map(str, validate_dataset(ds, decode=not quick)))
+        assert re.search(rf"file-000\.mp4: field 'frame count': expected {before} frames, what its episodes index back to back from 0 s "
+                         rf"\(observation\.images\.side, episodes 0, 1, 2\).*got {before + 10}", text), text
+    assert main(["validate", str(ds), "--quick"]) == 1
+
+
+def _edit_info(ds, **changes):
+    info = json.loads((ds / "meta/info.json").read_text())
+    info.update(changes)
+    (ds / "meta/info.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("video_path", "../elsewhere/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"),
+    ("video_path", "/tmp/{video_key}/file-{file_index:03d}.mp4"),
+    ("data_path", "file:///etc/data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"),
+    ("video_path", "http://example.org/{video_key}.mp4"),
+])
+def test_path_templates_must_stay_inside_the_dataset(ds, field, value):
+    _edit_info(ds, **{field: value})
+    with pytest.raises(DataError, match=rf"info\.json: field '{field}': expected a path relative to the dataset folder"):
+        open_dataset(ds)
+
+
+def test_symlinked_files_are_read_like_a_hub_snapshot(ds, tmp_path):
+    """A Hugging Face hub snapshot links every file into a blob store outside the snapshot folder:
+    links are followed (the metadata cannot create them), paths in the metadata may not leave."""
+    blob = tmp_path / "blobs" / "abc123"
+    blob.parent.mkdir()
+    shutil.move(ds / VIDEO, blob)
+    (ds / VIDEO).symlink_to(blob)
+    assert open_dataset(ds).load(0).frames["side"].shape[0] == 20
+    assert validate_dataset(ds) == []
+
+
+def test_a_playlist_is_never_followed(ds, tmp_path):
+    """An HLS playlist inside the dataset would make FFmpeg read the files (or URLs) it lists."""
+    from openlam.data.video import count_frames
+
+    outside = tmp_path / "secret.mp4"
+    shutil.copy(ds / VIDEO, outside)
+    text = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\nfile://{outside}\n#EXT-X-ENDLIST\n"
+    refused = r"field 'video stream': expected a decodable video in a local mp4, mov, mkv, webm or avi file \(playlists"
+    (ds / VIDEO).write_text(text)  # disguised as the camera's mp4
+    with pytest.raises(DataError, match=refused):
+        open_dataset(ds).load(0)
+    (tmp_path / "list.m3u8").write_text(text)  # by its own extension, FFmpeg would pick the HLS demuxer
+    with pytest.raises(DataError, match=refused):
+        count_frames(tmp_path / "list.m3u8")
+
+
+def test_unsafe_camera_names_are_refused(ds):
+    info = json.loads((ds / "meta/info.json").read_text())
+    info["features"]["observation.images.../../x"] = info["features"]["observation.images.side"]
+    (ds / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"field 'features.observation.images.../../x': expected a camera name of letters"):
+        open_dataset(ds)
+
+
+def test_image_paths_must_stay_inside_the_dataset(tmp_path):
+    from openlam.data.lerobot_reader import _inside
+
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "a.png").write_bytes(b"x")
+    assert _inside(root, "images/a.png", root / "f.parquet", "observation.images.top") == root / "images" / "a.png"
+    for bad in ("../secret.png", "/etc/passwd", "file:///etc/passwd", "images/../../secret.png"):
+        with pytest.raises(DataError, match=r"f\.parquet: field 'observation\.images\.top': expected a path relative"):
+            _inside(root, bad, root / "f.parquet", "observation.images.top")

@@ -47,3 +47,49 @@ def test_wrong_types_and_literals():
         from_dict(Outer, {"inner": {"kind": "c"}})
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         apply_overrides({}, ["novalue"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=0", r"optim.lr must be a finite number > 0, got 0"),
+    ("optim.lr=-1e-3", r"optim.lr must be a finite number > 0"),
+    ("optim.lr=.nan", r"optim.lr must be a finite number > 0"),
+    ("optim.warmup_steps=-5", r"optim.warmup_steps must be >= 0"),
+    ("optim.betas=[0.9]", r"optim.betas must be two numbers"),
+    ("optim.min_lr_ratio=2", r"optim.min_lr_ratio must be in \[0, 1\]"),
+    ("data.workers=-1", r"data.workers must be >= 0"),
+    ("data.train_episodes=0", r"data.train_episodes must be >= 1"),
+    ("probe_every=-1", r"probe_every must be >= 0"),
+    ("time_limit_s=-3", r"time_limit_s must be >= 0"),
+    ("ema_decay=1.0", r"ema_decay must be in \[0, 1\)"),
+    ("device=gpu", r"device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+])
+def test_train_config_values_are_checked_when_loaded(override, message):
+    """Before any data is read or cached: a value torch would reject late, or accept and misuse."""
+    from openlam.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, None, [override])
+
+
+def test_cuda_without_a_gpu_is_a_config_error(monkeypatch):
+    import torch
+
+    from openlam.train import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"device=cuda: torch .* sees no CUDA GPU on this machine; use device=cpu"):
+        distributed.init("cuda")
+
+
+def test_gap_in_frames_from_the_command_line():
+    """`openlam label ... gap.frames=8` (the --help example) means a gap of 8 frames; switching a
+    preset's gap from seconds to frames says how."""
+    from openlam.label import LabelConfig
+    from openlam.train.config import TrainConfig
+
+    gap = load_config(LabelConfig, None, ["gap.frames=8", "shard_episodes=4"]).gap
+    assert (gap.seconds, gap.frames) == (None, 8)
+    assert load_config(LabelConfig, None, ["gap.seconds=0.3"]).gap.seconds == 0.3
+    with pytest.raises(ConfigError, match=r"got seconds=0.1, frames=8 \(.*also set gap.seconds=null\)"):
+        load_config(TrainConfig, "configs/lapa_tiny.yaml", ["data.gap.frames=8"])
+    assert load_config(TrainConfig, "configs/lapa_tiny.yaml", ["data.gap.frames=8", "data.gap.seconds=null"]).data.gap.frames == 8

@@ -376,3 +376,54 @@ def test_figures_pool_runs_per_arm():
     assert out["a (n=2)"][0] == {"value": pytest.approx(0.3), "ci_low": 0.2, "ci_high": 0.4}
     assert out["a (n=2)"][1] is None and out["a (n=2)"][2] == 2.0  # references (plain numbers) are averaged
     assert out["b (n=1)"] == [{"value": 0.9, "ci_low": 0.9, "ci_high": 0.9}, {"value": 0.5, "ci_low": 0.5, "ci_high": 0.5}, None]
+
+
+def test_unlabelled_video_is_evaluated_without_actions(tmp_path, capsys):
+    """A LAM trained on a folder of videos (no actions) is evaluated on what needs none: codebook,
+    cross-view agreement and the viewpoint probe, transfer token recovery, CKA across cameras,
+    example pairs per tuple and per token, an embedding map; the metrics that need actions are
+    listed as such, in metrics.json, the verdict and the report."""
+    from openlam.cli import main
+    from openlam.data.video import VideoAppender, VideoConfig
+    from openlam.train.config import TrainConfig
+    from openlam.train.trainer import train
+
+    root = tmp_path / "videos"
+    for i, ep in enumerate(moving_squares(episodes=10, length=16, size=32, seed=4)):
+        for cam, frames in ep.frames.items():
+            w = VideoAppender(root / f"ep{i:02d}" / f"{cam}.mp4", 10.0, 32, 32, VideoConfig())
+            w.append(frames)
+            w.close()
+    run = tmp_path / "run"
+    train(from_dict(TrainConfig, {
+        "model": {"image_size": 32, "encoder": {"dim": 32, "layers": 1, "heads": 4, "patch": 8},
+                  "quantizer": {"kind": "nsvq", "codebook_size": 8, "code_dim": 4}, "decoder": {"dim": 32, "layers": 1, "heads": 4}},
+        "data": {"dataset": str(root), "gap": {"seconds": None, "frames": 2}, "workers": 0},
+        "steps": 4, "batch_size": 8, "ckpt_every": 4, "eval_batches": 1, "out": str(run)}))
+    assert main(["eval", str(run), "n_boot=10", "transfer_pairs=16", "cka_rounds=3"]) == 0
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    measured = {r["metric"] for r in m["records"] if r.get("value") is not None}
+    assert {"crossview_token_agreement", "transfer_token_recovery", "transfer_self_token_recovery", "cka"} <= measured
+    assert not measured & {"mi_bound", "probe_nmse", "transfer_probe_action_nmse", "reference_mi_bound"}
+    assert {"mi_bound", "probe_nmse", "share_of_ceiling"} <= set(m["needs_actions"])
+    assert m["codebook"]["num_pairs"] == 10 * 2 * (16 - 2)
+    for f in ("usage.png", "code_examples.png", "token_0_examples.png", "embedding.png"):
+        assert (run / "eval" / "plots" / f).stat().st_size > 1000, f
+    out = capsys.readouterr().out
+    assert "No actions in" in out and "Not measured, as each needs the action: mi_bound" in out
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert "No actions in" in (tmp_path / "rep" / "report.md").read_text()
+    assert main(["eval", str(run), "--ceiling", str(run), "n_boot=10"]) == 2  # no probe, so no ceiling to compare with
+    assert "has no actions, so there is no probe to compare with a ceiling" in capsys.readouterr().err
+
+
+def test_embedding_map_of_a_one_dimensional_latent(tmp_path):
+    from openlam.eval.plots import embedding_map
+    from openlam.eval.table import EvalTable
+
+    n = 40
+    t = EvalTable(np.repeat(np.arange(4), 10), np.tile(np.arange(10), 4), np.array(["a"] * n, dtype=object), np.ones(n, np.int64),
+                  np.arange(n).reshape(-1, 1) % 3, np.linspace(0, 1, n).reshape(-1, 1).astype(np.float32), np.zeros((n, 0), np.float32),
+                  np.array(["t"] * n, dtype=object), {}, {}, 3)
+    embedding_map(t, tmp_path / "e.png")
+    assert (tmp_path / "e.png").stat().st_size > 1000

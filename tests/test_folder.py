@@ -50,7 +50,7 @@ def test_image_sequences_need_fps_and_equal_counts(tmp_path):
 
 def test_corrupt_video_in_folder(tmp_path):
     (tmp_path / "clip.mp4").write_bytes(b"garbage" * 50)
-    with pytest.raises(DataError, match=r"clip\.mp4: field 'video stream': expected a readable video file"):
+    with pytest.raises(DataError, match=r"clip\.mp4: field 'video stream': expected a decodable video in a local mp4"):
         open_dataset(tmp_path)
 
 

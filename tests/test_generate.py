@@ -154,3 +154,42 @@ def test_ood_episodes_form_their_own_split_with_their_own_seeds(tmp_path):
     assert in_dist == {0, 1, 2}
     with pytest.raises(Exception, match="not an OOD preset"):
         from_dict(GenerateConfig, {"ood_distractors": ["jitter"], "ood_episodes": 1}).validate()
+
+
+def test_generator_workers_end_with_a_killed_parent(tmp_path):
+    """Pool workers (the same initializer as `generate --workers N`) must not outlive a parent killed
+    with SIGKILL: nobody would collect what they compute."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing as mp, os, time\n"
+        "from openlam.sim.generate import _worker_init\n"
+        "def job(_):\n"
+        f"    open(os.path.join({str(tmp_path)!r}, 'w%d' % os.getpid()), 'w').close()\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    mp.get_context('spawn').Pool(2, initializer=_worker_init, initargs=(os.getpid(),)).map(job, range(2))\n")
+    proc = subprocess.Popen([sys.executable, str(script)], env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(list(tmp_path.glob("w*"))) < 2:
+            time.sleep(0.1)
+        workers = [int(p.name[1:]) for p in tmp_path.glob("w*")]
+        assert len(workers) == 2, "workers never started"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def running(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 10
+    while time.time() < deadline and any(running(w) for w in workers):
+        time.sleep(0.1)
+    alive = [w for w in workers if running(w)]
+    for w in alive:
+        os.kill(w, signal.SIGKILL)
+    assert not alive, "workers outlived their killed parent"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -67,12 +69,19 @@ def test_crash_then_resume_has_no_duplicates_and_no_gaps(setup, tmp_path, monkey
     monkeypatch.setattr(lab, "_label_shard", crashing)
     with pytest.raises(KeyboardInterrupt):
         label(root / "model", ds, tmp_path / "out", cfg())
-    (tmp_path / "out" / "shards" / ".shard-00002.parquet.tmp-999").write_bytes(b"half a file")  # a write cut short
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / "out" / "shards" / f".shard-00002.parquet.tmp-{dead.pid}"
+    left.write_bytes(b"half a file")  # a write cut short by a killed labeller
     with pytest.raises(OpenLAMError, match="labelling incomplete"):
         load_labels(tmp_path / "out")
     monkeypatch.setattr(lab, "_label_shard", real)
     r = label(root / "model", ds, tmp_path / "out", cfg())
     assert r["labelled_pairs_this_run"] == 3 * 2 * 17  # only episodes 4..6 (shards 2 and 3) were redone
+    assert not left.exists()  # the dead writer's leftover is removed
     _, got = load_labels(tmp_path / "out")
     assert got.to_pydict() == ref.to_pydict()
     with pytest.raises(OpenLAMError, match="different settings"):
@@ -93,3 +102,59 @@ def test_torchrun_two_processes_give_the_same_labels(setup, tmp_path):
     p = subprocess.run(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert load_labels(tmp_path / "two")[1].to_pydict() == load_labels(tmp_path / "one")[1].to_pydict()
+
+
+def test_short_episodes_are_named_not_silently_skipped(setup, tmp_path):
+    root, _, _ = setup
+    eps = moving_squares(episodes=3, length=20, size=32) + moving_squares(episodes=1, length=3, size=32, seed=5)
+    ds = write_lerobot(tmp_path / "ds", eps, fps=10.0)
+    with pytest.warns(UserWarning, match=r"1 episode\(s\) no longer than the gap \(3 frames\) give no pairs and are not labelled: \[3\]"):
+        label(root / "model", ds, tmp_path / "out", cfg())
+    meta, t = load_labels(tmp_path / "out")
+    assert meta["unlabelled_episodes"] == [3] and sorted(set(t["episode"].to_pylist())) == [0, 1, 2]
+
+
+def test_a_copied_run_relabels_and_reads_its_own_cache(setup, tmp_path):
+    """labels.json records the model and cache relative to itself: a run copied elsewhere with its
+    labels is re-evaluated in place (same settings, no 'different settings' refusal) and reads its
+    own cache, not the original's."""
+    import shutil
+
+    from openlam.label import labelled_cache
+
+    root, ds, _ = setup
+    run = tmp_path / "run"
+    shutil.copytree(root / "model", run / "model")
+    label(run, ds, run / "eval" / "labels", cfg())
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, moved)
+    shutil.rmtree(run)
+    r = label(moved, ds, moved / "eval" / "labels", cfg())
+    assert r["labelled_pairs_this_run"] == 0  # complete already: nothing redone
+    assert labelled_cache(moved / "eval" / "labels") == (moved / "eval" / "labels" / "cache").resolve()
+    meta, t = load_labels(moved / "eval" / "labels")
+    assert t.num_rows == 7 * 2 * (20 - 3) and not meta["model"].startswith("/")
+
+
+def test_a_copied_run_whose_cache_is_shared_still_finds_it(setup, tmp_path):
+    """Experiments train on one shared cache outside every run: a run copied elsewhere re-labels in
+    place and reads that cache where it is."""
+    import shutil
+
+    from openlam.data.cache import CacheConfig, build_cache
+    from openlam.label import labelled_cache
+
+    root, ds, _ = setup
+    shared = build_cache(ds, tmp_path / "bench" / "cache", CacheConfig(size=32))
+    run = tmp_path / "run"
+    shutil.copytree(root / "model", run / "model")
+    label(run, shared, run / "eval" / "labels", cfg())
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, moved)
+    r = label(moved, shared, moved / "eval" / "labels", cfg())
+    assert r["labelled_pairs_this_run"] == 0 and labelled_cache(moved / "eval" / "labels") == shared.resolve()
+    meta = json.loads((moved / "eval" / "labels" / "labels.json").read_text())
+    meta.pop("cache_absolute")
+    meta.pop("cache_size")  # a labelling made before these were recorded
+    (moved / "eval" / "labels" / "labels.json").write_text(json.dumps(meta))
+    assert label(moved, shared, moved / "eval" / "labels", cfg())["labelled_pairs_this_run"] == 0

@@ -8,6 +8,7 @@ looks complete.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -19,9 +20,32 @@ from typing import Any
 from openlam.errors import OpenLAMError
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def remove_stale(path: Path) -> list[Path]:
+    """Remove the `.NAME.tmp-PID` / `.NAME.old-PID` siblings of `path` left by writers that died
+    (killed before they could clean up); a live writer's are kept. Returns what was removed."""
+    removed = []
+    for p in list(path.parent.glob(f".{glob.escape(path.name)}.tmp-*")) + list(path.parent.glob(f".{glob.escape(path.name)}.old-*")):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -56,6 +80,7 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     if out.exists() and not overwrite:
         raise OpenLAMError(f"{out}: already exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -64,6 +64,9 @@ def cmd_validate(a: argparse.Namespace) -> int:
     problems = validate_dataset(a.dataset, decode=not a.quick)
     for p in problems:
         print(f"ERROR {p}")
+    if a.quick:
+        print(f"{a.dataset}: --quick checked the metadata, the files and each video's frame count against its episodes; "
+              "it decoded no frames, so unreadable frames, decoded lengths and frame sizes are unchecked (run without --quick)")
     if problems:
         print(f"{a.dataset}: {len(problems)} problem(s)")
         return 1
@@ -245,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="report every problem in a dataset")
     v.add_argument("dataset")
-    v.add_argument("--quick", action="store_true", help="structure only, do not decode videos")
+    v.add_argument("--quick", action="store_true", help="metadata, files and video frame counts only; decode no frames")
     v.set_defaults(fn=cmd_validate)
 
     s = sub.add_parser("summary", help="dataset summary (markdown + json) and contact sheet")

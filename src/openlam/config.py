@@ -61,7 +61,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 return _coerce(a, value, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"config key '{key}': value {value!r} fits none of {tp}")
+        if len(errors) == 1:  # one candidate type (X | None): its own message says what is wrong
+            raise ConfigError(errors[0])
+        raise ConfigError(f"config key '{key}': value {value!r} fits none of {tp}: " + "; ".join(errors))
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"config key '{key}': {value!r} is not allowed; choose one of {list(args)}")
@@ -132,7 +134,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not readable YAML ({e})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a YAML mapping at top level")
         data = loaded

@@ -22,3 +22,8 @@ class DataError(OpenLAMError):
 
 class ConfigError(OpenLAMError):
     """Bad configuration: names the key and what is allowed."""
+
+
+class DamagedFile(OpenLAMError):
+    """A file openlam wrote (weights, training state, a record) that cannot be read back: truncated,
+    corrupt or unreadable. The message names the file."""

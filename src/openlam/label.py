@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from openlam.artifacts import atomic_write_json, fingerprint_files
+from openlam.artifacts import atomic_write_json, fingerprint_files, remove_stale
 from openlam.config import load_config, to_dict
 from openlam.data.cache import CacheConfig, FrameCache, build_cache
 from openlam.data.pairs import GapConfig
@@ -88,18 +89,30 @@ def _label(model_path, dataset, out: Path, cfg: LabelConfig, info, device) -> di
         raise DataError(cache_dir / "cache.json", "cameras", f"the requested views {views}", f"{cache.cameras} (missing {missing})")
     n_eps = len(cache.episodes)
     shards = (n_eps + cfg.shard_episodes - 1) // cfg.shard_episodes
+    short = [e for e, ep in enumerate(cache.episodes) if ep["length"] <= gap.frame_range(ep["fps"])[0]]
+    if short and info.main:
+        span = f"{gap.frames} frames" if gap.frames else f"{gap.seconds} s"
+        warnings.warn(f"{cache_dir}: {len(short)} episode(s) no longer than the gap ({span}) give no pairs and "
+                      f"are not labelled: {short[:10]}{' ...' if len(short) > 10 else ''}", stacklevel=2)
     meta = {
-        "model": str(mdir.resolve()), "model_fingerprint": fingerprint_files([mdir / "model.safetensors"]),
-        "dataset": cache.meta["source"], "dataset_fingerprint": cache.meta["source_fingerprint"], "cache": str(cache_dir.resolve()),
+        # paths relative to the labels folder (a run copied or moved with its labels and cache still
+        # resolves them) and as they were (a cache shared by many runs stays where it is)
+        "model": os.path.relpath(mdir.resolve(), out.resolve()), "model_fingerprint": fingerprint_files([mdir / "model.safetensors"]),
+        "dataset": cache.meta["source"], "dataset_fingerprint": cache.meta["source_fingerprint"],
+        "cache": os.path.relpath(cache_dir.resolve(), out.resolve()), "cache_absolute": str(cache_dir.resolve()),
+        "cache_size": cache.size,
         "gap": gap.describe(), "views": views, "num_tokens": model.cfg.quantizer.num_tokens,
         "codebook_size": model.cfg.codebook_size, "code_dim": model.quantizer.code_dim,
         "shard_episodes": cfg.shard_episodes, "shards": shards, "episodes": n_eps,
     }
     meta_path = out / "labels.json"
     if meta_path.is_file():
-        old = {k: v for k, v in json.loads(meta_path.read_text()).items() if k != "complete"}
-        if old != meta:
-            diff = sorted(k for k in meta if old.get(k) != meta[k])
+        # where the model and cache lie is not what the labels are: their fingerprints, size and views are
+        where = ("complete", "unlabelled_episodes", "model", "cache", "cache_absolute")
+        old = {k: v for k, v in json.loads(meta_path.read_text()).items() if k not in where}
+        now = {k: v for k, v in meta.items() if k not in where}
+        diff = sorted(k for k in old if k not in now or old[k] != now[k])  # a key added since is not a difference
+        if diff:
             raise OpenLAMError(f"{meta_path}: a labelling with different settings is there ({diff}); use another --out")
     elif info.main:
         atomic_write_json(meta_path, meta | {"complete": False})
@@ -113,6 +126,7 @@ def _label(model_path, dataset, out: Path, cfg: LabelConfig, info, device) -> di
                              views, gap, cfg.batch_size, device)
         frames += table.num_rows
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(path)  # a shard's temporary file left by a killed labeller
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         pq.write_table(table, tmp)
         os.replace(tmp, path)
@@ -120,7 +134,7 @@ def _label(model_path, dataset, out: Path, cfg: LabelConfig, info, device) -> di
     distributed.barrier()
     if info.main:
         done = all((out / "shards" / f"shard-{s:05d}.parquet").is_file() for s in range(shards))
-        atomic_write_json(meta_path, meta | {"complete": done})
+        atomic_write_json(meta_path, meta | {"complete": done, "unlabelled_episodes": short})
     return {"out": str(out), "shards": shards, "labelled_pairs_this_run": frames, "seconds": elapsed,
             "pairs_per_s": frames / elapsed if elapsed > 0 else 0.0, "config": to_dict(cfg)}
 
@@ -165,6 +179,23 @@ def shard_table(episode: np.ndarray, frame: np.ndarray, view: list[str] | np.nda
         "tokens": pa.FixedSizeListArray.from_arrays(pa.array(tok.reshape(-1)), tok.shape[1]),
         "z_cont": pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1)), z.shape[1]),
     })
+
+
+def _resolve(path: str, labels: Path) -> Path:
+    p = Path(path)
+    return (p if p.is_absolute() else labels / p).resolve()
+
+
+def labelled_cache(labels: str | Path) -> Path:
+    """The frame cache a labelling was made from: where labels.json says relative to itself (a run
+    copied with its cache), else where it was (a shared cache)."""
+    labels = Path(labels)
+    meta = json.loads((labels / "labels.json").read_text())
+    for p in (_resolve(meta["cache"], labels), Path(meta.get("cache_absolute") or meta["cache"])):
+        if (p / "cache.json").is_file():
+            return p
+    raise DataError(labels / "labels.json", "cache", "a frame cache where the labels were made from",
+                    f"none at {_resolve(meta['cache'], labels)} or {meta.get('cache_absolute')}")
 
 
 def load_labels(out: str | Path) -> tuple[dict[str, Any], pa.Table]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,26 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(path, "(whole file)", "valid JSON", f"parse error at line {e.lineno}: {e.msg}") from None
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+def _relative(rel: str, where: Path, field: str) -> str:
+    """A path the dataset names must stay inside its folder: relative, no '..', no URL or protocol."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", rel) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise DataError(where, field, "a path relative to the dataset folder, without '..' or a protocol", repr(rel))
+    return rel
+
+
+def _inside(root: Path, rel: str, where: Path, field: str) -> Path:
+    """root / rel, refused when its text leaves root. Symlinks are followed: a Hugging Face hub
+    snapshot is a folder of links into its blob store, and links are made by whoever assembled the
+    dataset on disk, not by its metadata."""
+    p = root / _relative(rel, where, field)
+    if os.path.normpath(p.relative_to(root)).startswith(".."):
+        raise DataError(where, field, f"a file inside {root}", str(p))
+    return p
 
 
 def _names(feature: dict[str, Any], dim: int) -> list[str]:
@@ -73,6 +96,12 @@ class LeRobotSource(EpisodeSource):
         self.mask_cameras = [c for c in self.mask_keys if c in self.camera_keys]
         if not self.cameras:
             raise DataError(info_path, "features", "at least one camera (a feature of dtype video or image)", "none")
+        for cam, key in {**self.camera_keys, **self.mask_keys}.items():  # names become file names of the frame cache
+            if not SAFE_NAME.fullmatch(cam) or ".." in cam:
+                raise DataError(info_path, f"features.{key}", "a camera name of letters, digits, '_', '-' and '.'", repr(cam))
+        for field in ("video_path", "data_path"):
+            if field in info:
+                _relative(str(info[field]), info_path, field)
         self.video_path_tpl = info.get("video_path") or fmt.VIDEO_PATH
 
         self.extras_meta = _read_json(root / fmt.OPENLAM_META) if (root / fmt.OPENLAM_META).is_file() else {}
@@ -91,8 +120,18 @@ class LeRobotSource(EpisodeSource):
                 raise DataError(root / fmt.OPENLAM_META, "action_space", "{names: [...], kinds: [delta|absolute, ...]}", str(e)) from None
             if self.action_space.dim != self.action_dim:
                 raise DataError(root / fmt.OPENLAM_META, "action_space.names", f"{self.action_dim} names (info.json action shape)", str(self.action_space.dim))
+        elif a_feat and isinstance(a_feat.get("kinds"), list):  # openlam's copy in info.json (meta/openlam.json lost)
+            try:
+                self.action_space = ActionSpace(_names(a_feat, self.action_dim or 0), list(a_feat["kinds"]), "kinds from info.json")
+            except (TypeError, ValueError) as e:
+                raise DataError(info_path, "features.action.kinds", f"{self.action_dim} of delta|absolute", str(e)) from None
+            if len(self.action_space.kinds) != self.action_dim:
+                raise DataError(info_path, "features.action.kinds", f"{self.action_dim} kinds (the action shape)", str(len(a_feat["kinds"])))
         elif a_feat:
             self.action_space = ActionSpace.guess(_names(a_feat, self.action_dim or 0))
+            warnings.warn(f"{root}: no action kinds recorded (no meta/openlam.json, no features.action.kinds in info.json); "
+                          f"guessed from the names: {dict(zip(self.action_space.names, self.action_space.kinds))}. Action "
+                          "targets over a gap sum delta dims and take absolute ones at the end: check the guess", stacklevel=2)
         else:
             self.action_space = None
         s_feat = feats.get("observation.state")
@@ -174,9 +213,9 @@ class LeRobotSource(EpisodeSource):
     # -- episodes -----------------------------------------------------------------------------
     def _rows(self, i: int) -> tuple[Path, pa.Table]:
         e = self.ep_table
-        path = self.path / (self.info.get("data_path") or fmt.DATA_PATH).format(
+        path = _inside(self.path, (self.info.get("data_path") or fmt.DATA_PATH).format(
             chunk_index=e["data/chunk_index"][i], file_index=e["data/file_index"][i], episode_chunk=0, episode_index=i
-        )
+        ), self.path / "meta" / "info.json", "data_path")
         if self._table_cache is None or self._table_cache[0] != path:
             if not path.is_file():
                 raise DataError(path, "(file)", f"data parquet for episode {i}", "missing")
@@ -220,10 +259,7 @@ class LeRobotSource(EpisodeSource):
         col = f"videos/{key}"
         if f"{col}/from_timestamp" not in e:
             raise DataError(self.path / "meta" / "episodes", f"{col}/from_timestamp", "present for every video feature", "missing")
-        path = self.path / self.video_path_tpl.format(
-            video_key=key, chunk_index=e[f"{col}/chunk_index"][i], file_index=e[f"{col}/file_index"][i],
-            episode_chunk=0, episode_index=i,
-        )
+        path = self.video_file(key, i)
         start = float(e[f"{col}/from_timestamp"][i])
         if f"{col}/to_timestamp" in e:
             span = (float(e[f"{col}/to_timestamp"][i]) - start) * self.fps
@@ -234,6 +270,13 @@ class LeRobotSource(EpisodeSource):
                 )
         return decode_range(path, start, T, self.fps, mask=mask, size=size, crop=crop, where=f"episode {i}")
 
+    def video_file(self, key: str, i: int) -> Path:
+        """The video file holding episode i of feature `key` (inside the dataset folder)."""
+        e = self.ep_table
+        rel = self.video_path_tpl.format(video_key=key, chunk_index=e[f"videos/{key}/chunk_index"][i],
+                                         file_index=e[f"videos/{key}/file_index"][i], episode_chunk=0, episode_index=i)
+        return _inside(self.path, rel, self.path / "meta" / "info.json", "video_path")
+
     def _image_column(self, rows: pa.Table, key: str, path: Path, size: int | None, crop: str, mask: bool) -> np.ndarray:
         if key not in rows.column_names:
             raise DataError(path, key, "an image column (dtype image)", "missing")
@@ -241,7 +284,8 @@ class LeRobotSource(EpisodeSource):
         for item in rows[key].to_pylist():
             data = item.get("bytes") if isinstance(item, dict) else item
             if data is None and isinstance(item, dict) and item.get("path"):
-                data = (path.parent / item["path"]).read_bytes()
+                rel = os.path.relpath(path.parent / _relative(str(item["path"]), path, key), self.path)
+                data = _inside(self.path, rel, path, key).read_bytes()
             img = np.asarray(Image.open(io.BytesIO(data)).convert("L" if mask else "RGB"))
             img = resize_frame(img, size, crop)
             out.append(img > 127 if mask else img)

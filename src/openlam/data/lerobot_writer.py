@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from openlam.artifacts import atomic_dir, atomic_write_json
 from openlam.data import lerobot_format as fmt
+from openlam.data import lerobot_stats as lst
 from openlam.data.episode import Episode
 from openlam.data.video import VideoAppender, VideoConfig
 from openlam.errors import DataError
@@ -31,49 +32,6 @@ class WriterConfig:
 
 
 RESERVED = {"action", "observation.state", *fmt.DEFAULT_FEATURES}
-
-
-class _RunningStats:
-    """min/max/mean/std/count over rows, merged episode by episode, and quantiles (q01..q99, which
-    LeRobot's quantile normalisation reads) from a bounded, evenly thinned sample of rows."""
-
-    QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
-    MAX_SAMPLE = 50_000
-
-    def __init__(self) -> None:
-        self.sample: list[np.ndarray] = []
-        self.sampled = 0
-        self.n = 0
-        self.sum: np.ndarray | None = None
-        self.sq: np.ndarray | None = None
-        self.min: np.ndarray | None = None
-        self.max: np.ndarray | None = None
-
-    def add(self, x: np.ndarray) -> None:
-        x = x.astype(np.float64)
-        if self.sum is None:
-            self.sum, self.sq = x.sum(0), (x**2).sum(0)
-            self.min, self.max = x.min(0), x.max(0)
-        else:
-            self.sum += x.sum(0)
-            self.sq += (x**2).sum(0)
-            self.min = np.minimum(self.min, x.min(0))
-            self.max = np.maximum(self.max, x.max(0))
-        self.n += x.shape[0]
-        self.sample.append(x)
-        self.sampled += x.shape[0]
-        if self.sampled > 2 * self.MAX_SAMPLE:  # thin evenly to keep memory bounded
-            allx = np.concatenate(self.sample)[::2]
-            self.sample, self.sampled = [allx], allx.shape[0]
-
-    def to_dict(self, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-        mean = self.sum / self.n
-        std = np.sqrt(np.maximum(self.sq / self.n - mean**2, 0))
-        r = (lambda a: a.reshape(shape).tolist()) if shape else (lambda a: np.atleast_1d(a).tolist())
-        out = {"min": r(self.min), "max": r(self.max), "mean": r(mean), "std": r(std), "count": [self.n]}
-        q = np.quantile(np.concatenate(self.sample), self.QUANTILES, axis=0)
-        out |= {f"q{round(p * 100):02d}": r(v) for p, v in zip(self.QUANTILES, q)}
-        return out
 
 
 class _FileCursor:
@@ -106,7 +64,8 @@ class LeRobotWriter:
         self._data_writer: pq.ParquetWriter | None = None
         self._data_path: Path | None = None
         self._data_cursor = _FileCursor(self.cfg.chunks_size)
-        self._stats: dict[str, _RunningStats] = {}
+        self._episode_stats: list[dict[str, lst.Stats]] = []  # per episode: feature -> stats
+        self._stats_types: dict[str, pa.DataType] = {}  # episodes-table column -> arrow type
         self._video_info: dict[str, dict[str, Any]] = {}
 
     # -- schema -----------------------------------------------------------------------------
@@ -194,22 +153,24 @@ class LeRobotWriter:
 
         # data parquet
         cols: dict[str, pa.Array] = {}
+        stats: dict[str, lst.Stats] = {}  # every non-string feature, as LeRobot keeps them
         if ep.state is not None:
             cols["observation.state"] = _fixed_list(ep.state)
-            self._stats.setdefault("observation.state", _RunningStats()).add(ep.state)
+            stats["observation.state"] = lst.vector_stats(ep.state)
         if ep.actions is not None:
             cols["action"] = _fixed_list(ep.actions)
-            self._stats.setdefault("action", _RunningStats()).add(ep.actions)
+            stats["action"] = lst.vector_stats(ep.actions)
         for name, x in ep.extras.items():
             cols[name] = _fixed_list(x) if x.ndim == 2 else pa.array(x)
-            if x.dtype.kind in "iuf":
-                self._stats.setdefault(name, _RunningStats()).add(x.reshape(T, -1))
+            if x.dtype.kind in "biuf":
+                stats[name] = lst.vector_stats(x)
         frame_index = np.arange(T, dtype=np.int64)
-        cols["timestamp"] = pa.array((frame_index / self.fps).astype(np.float32))
-        cols["frame_index"] = pa.array(frame_index)
-        cols["episode_index"] = pa.array(np.full(T, ei, np.int64))
-        cols["index"] = pa.array(np.arange(self.total_frames, self.total_frames + T, dtype=np.int64))
-        cols["task_index"] = pa.array(np.full(T, task_index, np.int64))
+        book = {"timestamp": (frame_index / self.fps).astype(np.float32), "frame_index": frame_index,
+                "episode_index": np.full(T, ei, np.int64), "index": np.arange(self.total_frames, self.total_frames + T, dtype=np.int64),
+                "task_index": np.full(T, task_index, np.int64)}
+        for name, x in book.items():
+            cols[name] = pa.array(x)
+            stats[name] = lst.vector_stats(x)
         table = pa.table(cols)
         writer, _ = self._data_sink(table.schema)
         writer.write_table(table)
@@ -229,10 +190,13 @@ class LeRobotWriter:
                 row[f"videos/{key}/file_index"] = cur.file
                 row[f"videos/{key}/from_timestamp"] = start / self.fps
                 row[f"videos/{key}/to_timestamp"] = (start + T) / self.fps
-                if not is_mask:
-                    sample = frames[:: max(1, T // 10)].reshape(-1, 3) / 255.0
-                    self._stats.setdefault(key, _RunningStats()).add(sample)
+                stats[key] = lst.camera_stats(data)
+        for feature, st in stats.items():
+            for col, (typ, value) in lst.episode_columns(feature, st).items():
+                self._stats_types.setdefault(col, typ)
+                row[col] = value
         row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0
+        self._episode_stats.append(stats)
         self.episode_rows.append(row)
         self.episode_extras.append({"robot": ep.robot, "metadata": ep.metadata})
         self.total_frames += T
@@ -253,10 +217,11 @@ class LeRobotWriter:
         ep_path = self.root / fmt.EPISODES_PATH.format(chunk_index=0, file_index=0)
         ep_path.parent.mkdir(parents=True, exist_ok=True)
         keys = list(self.episode_rows[0])
-        pq.write_table(pa.Table.from_pylist(self.episode_rows, schema=_episodes_schema(keys)), ep_path, compression="snappy")
+        pq.write_table(pa.Table.from_pylist(self.episode_rows, schema=_episodes_schema(keys, self._stats_types)), ep_path,
+                       compression="snappy")
         assert self.schema is not None
         features = self._features()
-        stats = {k: s.to_dict((3, 1, 1) if k.startswith(fmt.IMAGE_PREFIX) else None) for k, s in self._stats.items()}
+        stats = {k: lst.to_json(lst.aggregate([e[k] for e in self._episode_stats])) for k in self._episode_stats[0]}
         atomic_write_json(meta / "stats.json", stats)
         atomic_write_json(
             self.root / fmt.OPENLAM_META,
@@ -304,6 +269,9 @@ class LeRobotWriter:
                 "dtype": "float32",
                 "shape": [self.schema["action_dim"]],
                 "names": self.schema["action_space"]["names"],
+                # also here, not only in meta/openlam.json: LeRobot's edit tools drop unknown files in
+                # meta/ but keep unknown keys of a feature
+                "kinds": self.schema["action_space"]["kinds"],
             }
         for name, (dtype, shape) in self.schema["extras"].items():
             feats[name] = {"dtype": "bool" if dtype == "bool" else dtype, "shape": list(shape) or [1], "names": None}
@@ -320,10 +288,12 @@ def _fixed_list(x: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
 
 
-def _episodes_schema(keys: list[str]) -> pa.Schema:
+def _episodes_schema(keys: list[str], stats_types: dict[str, pa.DataType]) -> pa.Schema:
     fields = []
     for k in keys:
-        if k == "tasks":
+        if k in stats_types:
+            fields.append(pa.field(k, stats_types[k]))
+        elif k == "tasks":
             fields.append(pa.field(k, pa.list_(pa.string())))
         elif k.endswith("_timestamp"):
             fields.append(pa.field(k, pa.float64()))

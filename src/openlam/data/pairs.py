@@ -23,14 +23,20 @@ from openlam.errors import ConfigError, DataError
 class GapConfig:
     """Exactly one of seconds / frames. *_max turns the gap into a uniform random range."""
 
-    seconds: float | None = 0.6
+    seconds: float | None = None  # with frames also None: 0.6 s
     frames: int | None = None
     max_seconds: float | None = None
     max_frames: int | None = None
 
+    def __post_init__(self) -> None:
+        # giving only frames (e.g. `gap.frames=8` on the command line) means a gap in frames
+        if self.seconds is None and self.frames is None and self.max_frames is None:
+            self.seconds = 0.6
+
     def validate(self) -> None:
         if (self.seconds is None) == (self.frames is None):
-            raise ConfigError("gap: give exactly one of gap.seconds or gap.frames")
+            raise ConfigError(f"gap: give exactly one of gap.seconds or gap.frames, got seconds={self.seconds}, frames={self.frames} "
+                              "(to turn a config's gap in seconds into one in frames, also set gap.seconds=null)")
         if self.seconds is not None and self.seconds <= 0 or self.frames is not None and self.frames < 1:
             raise ConfigError("gap: must be positive (seconds > 0 or frames >= 1)")
         if self.max_seconds is not None and self.seconds is None or self.max_frames is not None and self.frames is None:

@@ -73,10 +73,24 @@ class VideoAppender:
         return self.stream.codec_context.name
 
 
+# the demuxers of media container files only (mp4/mov family, mkv/webm, avi), read from local files
+# only: a playlist or concat list (HLS .m3u8, ffconcat) would make FFmpeg open whatever files or
+# URLs it names, inside the dataset folder or not
+DEMUXERS = "mov,matroska,avi"
+
+
+def open_video(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), options={"format_whitelist": DEMUXERS, "protocol_whitelist": "file"})
+    except (av.FFmpegError, ValueError) as e:
+        raise DataError(path, "video stream", "a decodable video in a local mp4, mov, mkv, webm or avi file "
+                        "(playlists and other formats are refused)", f"{type(e).__name__}: {e}") from None
+
+
 def probe_video(path: Path) -> dict:
     """fps, frame count, size and codec of the first video stream; DataError if unreadable."""
     try:
-        with av.open(str(path)) as c:
+        with open_video(path) as c:
             if not c.streams.video:
                 raise DataError(path, "streams", "a video stream", "none")
             s = c.streams.video[0]
@@ -98,7 +112,7 @@ def probe_video(path: Path) -> dict:
 def count_frames(path: Path) -> int:
     """Count video packets (containers like mkv/webm often record neither frame count nor duration)."""
     try:
-        with av.open(str(path)) as c:
+        with open_video(path) as c:
             s = c.streams.video[0]
             return sum(1 for pkt in c.demux(s) if pkt.size > 0)
     except av.FFmpegError as e:
@@ -144,7 +158,7 @@ def decode_range(
     tol = tolerance_s if tolerance_s is not None else 0.5 / fps
     out: list[np.ndarray] = []
     try:
-        with av.open(str(path)) as c:
+        with open_video(path) as c:
             s = c.streams.video[0]
             s.thread_type = "AUTO"
             tb = s.time_base
@@ -188,7 +202,7 @@ def decode_all(path: Path, *, size: int | None = None, crop: str = "center") -> 
         raise DataError(path, "fps", "a video stream with a frame rate")
     out = []
     try:
-        with av.open(str(path)) as c:
+        with open_video(path) as c:
             s = c.streams.video[0]
             s.thread_type = "AUTO"
             for frame in c.decode(s):

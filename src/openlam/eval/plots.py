@@ -58,10 +58,13 @@ def usage_plot(codebook: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
-def code_examples(table: EvalTable, cache: FrameCache, path: Path, codes: int = 8, per_code: int = 6, seed: int = 0) -> None:
-    """For each of the most frequent token tuples, frame pairs (o_t | o_t+H, side by side) that
-    receive it, drawn from as many different episodes and views as there are."""
-    uniq, inv, cnt = np.unique(table.tokens, axis=0, return_inverse=True, return_counts=True)
+def code_examples(table: EvalTable, cache: FrameCache, path: Path, codes: int = 8, per_code: int = 6, seed: int = 0,
+                  position: int | None = None) -> None:
+    """For each of the most frequent token tuples (or, with `position`, the most frequent codes at
+    that token position), frame pairs (o_t | o_t+H, side by side) that receive it, drawn from as
+    many different episodes and views as there are."""
+    keys = table.tokens if position is None else table.tokens[:, [position]]
+    uniq, inv, cnt = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
     inv = inv.reshape(-1)
     order = np.argsort(-cnt)[:codes]
     rng = np.random.default_rng(seed)
@@ -83,7 +86,7 @@ def code_examples(table: EvalTable, cache: FrameCache, path: Path, codes: int = 
                 break
         picked += [r for r in rows if r not in picked][: per_code - len(picked)]
         y = sep + row * (S + sep)
-        draw.text((4, y + 2), f"tokens {uniq[u].tolist()}", fill="black")
+        draw.text((4, y + 2), f"tokens {uniq[u].tolist()}" if position is None else f"token {position} = {int(uniq[u][0])}", fill="black")
         draw.text((4, y + 16), f"{cnt[u]} pairs", fill="gray")
         for j, r in enumerate(picked):
             g0 = starts[table.episode[r]] + table.frame[r]
@@ -132,11 +135,59 @@ def bars_with_ci(groups: list[str], series: dict[str, list[dict[str, Any] | None
     _save(fig, path)
 
 
+def embedding_map(table: EvalTable, path: Path, max_rows: int = 5000, seed: int = 0) -> None:
+    """The continuous latent of every labelled pair (up to max_rows, drawn at random) on its first
+    two principal components, coloured by token tuple (the 8 most frequent; grey: the rest) and by
+    camera (by episode when there is one camera): clusters by camera or episode rather than by
+    code are what an action-centric latent should not show."""
+    from sklearn.decomposition import PCA
+
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(len(table))[:max_rows]
+    z = table.z[rows].astype(np.float64)
+    # a one-dimensional latent (e.g. fsq with one level list) is drawn against a random jitter
+    xy = PCA(n_components=2, random_state=seed).fit_transform(z) if z.shape[1] >= 2 else np.c_[z[:, 0], rng.uniform(-1, 1, len(z))]
+    uniq, inv, cnt = np.unique(table.tokens[rows], axis=0, return_inverse=True, return_counts=True)
+    top = np.argsort(-cnt)[:8]
+    views = table.view[rows]
+    by, by_name = (views, "camera") if len(set(views.tolist())) > 1 else (table.episode[rows], "episode")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    rest = ~np.isin(inv.reshape(-1), top)
+    axes[0].scatter(xy[rest, 0], xy[rest, 1], s=3, c="lightgrey", label="other tuples")
+    for i, u in enumerate(top):
+        m = inv.reshape(-1) == u
+        axes[0].scatter(xy[m, 0], xy[m, 1], s=4, color=f"C{i}", label=f"{uniq[u].tolist()[:6]}{'...' if uniq.shape[1] > 6 else ''}")
+    axes[0].set_title("coloured by token tuple (8 most frequent)", fontsize=9)
+    axes[0].legend(fontsize=6, markerscale=3, loc="best")
+    groups = list(dict.fromkeys(by.tolist()))
+    for i, g in enumerate(groups[:20]):
+        m = by == g
+        axes[1].scatter(xy[m, 0], xy[m, 1], s=4, color=f"C{i % 10}", label=str(g))
+    axes[1].set_title(f"coloured by {by_name}" + (" (first 20)" if len(groups) > 20 else ""), fontsize=9)
+    axes[1].legend(fontsize=6, markerscale=3, loc="best")
+    for ax in axes:
+        ax.set_xlabel("PC 1", fontsize=8)
+        ax.set_ylabel("PC 2", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"continuous latent, first two principal components ({len(rows)} of {len(table)} pairs)", fontsize=10)
+    _save(fig, path)
+
+
 def eval_plots(result: dict[str, Any], table: EvalTable, cache: FrameCache, out: Path, example_codes: int, seed: int) -> list[Path]:
+    """Usage, example pairs per frequent tuple and per code at each token position (the first 16
+    positions), and the embedding map: none of them needs actions."""
     out.mkdir(parents=True, exist_ok=True)
     usage_plot(result["codebook"], out / "usage.png")
     code_examples(table, cache, out / "code_examples.png", codes=example_codes, seed=seed)
-    return [out / "usage.png", out / "code_examples.png"]
+    paths = [out / "usage.png", out / "code_examples.png"]
+    for k in range(min(16, table.tokens.shape[1])):
+        code_examples(table, cache, out / f"token_{k}_examples.png", codes=example_codes, seed=seed, position=k)
+        paths.append(out / f"token_{k}_examples.png")
+    if len(table) >= 3:
+        embedding_map(table, out / "embedding.png", seed=seed)
+        paths.append(out / "embedding.png")
+    return paths
 
 
 def online_probe_curves(runs: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:

@@ -253,7 +253,7 @@ def write_report(paths: list[Path], out: Path) -> Path:
         blocks.append(("p", f"Codes used per token position: {cb['used_codes_per_position']} of {cb['codebook_size']}; "
                             f"dead codes: {cb['dead_codes_per_position']}."))
         src = Path(m["_dir"]) / "plots"
-        for f in ("usage.png", "code_examples.png"):
+        for f in ("usage.png", "code_examples.png", "embedding.png"):
             if (src / f).is_file():
                 dst = Path("runs") / n.replace("/", "_") / f
                 (out / dst).parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ scored on held-out episodes (test) and on each OOD split the dataset defines.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +74,7 @@ def _run_dataset(run: Path) -> str:
 
 
 def evaluate(run: str | Path, dataset: str | Path | None = None, out: str | Path | None = None, cfg: EvalConfig | None = None) -> dict[str, Any]:
-    from openlam.label import LabelConfig, label, resolve_model
+    from openlam.label import LabelConfig, label, labelled_cache, resolve_model
     from openlam.models.lam import LatentActionModel
     from openlam.train import distributed
 
@@ -92,9 +91,12 @@ def evaluate(run: str | Path, dataset: str | Path | None = None, out: str | Path
     _, device = distributed.init(cfg.device)
     model = LatentActionModel.from_pretrained(mdir, map_location=device).eval()
 
-    cache = FrameCache(json.loads((out / "labels" / "labels.json").read_text())["cache"])
-    table = build_table(out / "labels", cache)
-    records = metric_records(table, cfg, model=model, cache=cache, device=device)
+    cache = FrameCache(labelled_cache(out / "labels"))
+    table = build_table(out / "labels", cache, require_actions=False)
+    has_actions = cache.action_space is not None
+    if cfg.ceiling and not has_actions:
+        raise ConfigError(f"--ceiling: {dataset} has no actions, so there is no probe to compare with a ceiling")
+    records = (metric_records if has_actions else unlabelled_records)(table, cfg, model=model, cache=cache, device=device)
     align_recs: list[dict[str, Any]] = []
     if cfg.cka_rounds and cfg.align:
         align_recs = _align_datasets(run, dataset, table, out, cfg)
@@ -108,6 +110,8 @@ def evaluate(run: str | Path, dataset: str | Path | None = None, out: str | Path
         "codebook": codebook_stats(table.tokens, table.codebook_size, table.view, table.task),
         "seconds": {"label": seconds_label, "total": time.perf_counter() - t0},
     }
+    if not has_actions:
+        result["needs_actions"] = NEEDS_ACTIONS
     if cfg.ceiling:
         from openlam.eval.ceiling import ceiling_records, check_same_data
         from openlam.eval.report import load_metrics
@@ -161,6 +165,50 @@ def metric_records(table: EvalTable, cfg: EvalConfig, model: Any = None, cache: 
     return recs
 
 
+# what an evaluation of data without actions leaves out, and why (metrics.json `needs_actions`)
+NEEDS_ACTIONS = {
+    "mi_bound": "held-out bound on I(Z; A): A is the action",
+    "reference_mi_bound / reference_probe_nmse": "floors and task/phase labellers are scored against the action",
+    "probe_nmse": "probes predict the action",
+    "phase-matched permutation test": "tests whether the latent knows each episode's own action",
+    "insample_mi": "in-sample I(Z; A)",
+    "transfer_probe_action_nmse": "compares the probed actions of z and of its transferred re-encoding",
+    "share_of_ceiling": "the ceiling is a supervised model of the action",
+}
+
+
+def unlabelled_records(table: EvalTable, cfg: EvalConfig, model: Any = None, cache: FrameCache | None = None,
+                       device: Any = "cpu") -> list[dict[str, Any]]:
+    """Every number that needs no actions, for unlabelled video: cross-view agreement and the
+    viewpoint probe where there are several cameras, transfer consistency (token recovery, without
+    the probe term) and CKA across cameras. Held-out rows are the test split when there is one,
+    else every labelled pair (nothing is fit on them but the viewpoint probe, which needs a split)."""
+    held = table.rows("test") if "test" in table.splits and table.splits["test"].any() else np.arange(len(table))
+    C = table.codebook_size
+    recs: list[dict[str, Any]] = []
+    split = "test" if len(held) < len(table) else "all"
+    if len(set(table.view[held].tolist())) > 1:
+        from openlam.eval.crossview import cross_view
+
+        recs += [{**r, "split": split} for r in cross_view(table.episode[held], table.frame[held], table.view[held], table.tokens[held], C,
+                                                            n_boot=cfg.n_boot, seed=cfg.seed)]
+        if "train" in table.splits and table.splits["train"].any() and split == "test":
+            recs += viewpoint_records(table, table.rows("train"), ["test"], cfg)
+    if model is not None and cache is not None and cfg.transfer_pairs:
+        from openlam.eval.transfer import transfer_consistency
+
+        recs += [{**r, "split": split} for r in transfer_consistency(
+            model, cache, table.episode, table.frame, table.gap, table.view, table.tokens, None, a_pool=held,
+            n=cfg.transfer_pairs, n_boot=cfg.n_boot, seed=cfg.seed, device=device)]
+    if cfg.cka_rounds and not cfg.align and len(set(table.view.tolist())) > 1:
+        from openlam.eval.cka import cka_alignment
+
+        rows = _sample_episodes(table.episode, np.arange(len(table)), cfg.cka_max_rows, cfg.seed)
+        recs += [{**r, "split": "all", "domain": "view"} for r in cka_alignment(
+            table.z[rows], table.tokens[rows], table.view[rows], table.episode[rows], rounds=cfg.cka_rounds, seed=cfg.seed)]
+    return recs
+
+
 def _sample_episodes(episode: np.ndarray, rows: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
     """At most ~max_rows rows (but >= 2 episodes), keeping whole episodes (never a frame-level subsample)."""
     if len(rows) <= max_rows:
@@ -204,7 +252,7 @@ def viewpoint_records(table: EvalTable, train: np.ndarray, splits: list[str], cf
 def _align_datasets(run: Path, dataset: str, table: EvalTable, out: Path, cfg: EvalConfig) -> list[dict[str, Any]]:
     """CKA across datasets: each --align dataset is labelled with the same model; domain = dataset."""
     from openlam.eval.cka import cka_alignment
-    from openlam.label import LabelConfig, label
+    from openlam.label import LabelConfig, label, labelled_cache
 
     zs, toks, doms, eps = [], [], [], []
     sets = [(Path(dataset).name or "dataset", table)]
@@ -212,7 +260,7 @@ def _align_datasets(run: Path, dataset: str, table: EvalTable, out: Path, cfg: E
         ldir = out / "align" / f"{i}-{Path(d).name}" / "labels"
         label(run, d, ldir, LabelConfig(gap=cfg.gap, batch_size=cfg.batch_size, device=cfg.device))
 
-        other_cache = FrameCache(json.loads((ldir / "labels.json").read_text())["cache"])
+        other_cache = FrameCache(labelled_cache(ldir))
         sets.append((f"{i}-{Path(d).name}", build_table(ldir, other_cache, require_actions=False)))
     for j, (name, t) in enumerate(sets):
         rows = _sample_episodes(t.episode, np.arange(len(t)), cfg.cka_max_rows // len(sets), cfg.seed)

@@ -34,7 +34,7 @@ def transfer_consistency(model: LatentActionModel, cache: FrameCache, episode: n
                          batch: int = 128, n_boot: int = 100, seed: int = 0, device: torch.device | str = "cpu") -> list[dict[str, Any]]:
     """Arrays cover every labelled pair; A is drawn from `a_pool` (row indices, e.g. the held-out
     split; None: all), B from any other episode. `predict_action(tokens (M, K)) -> (M, A)`: the
-    probe fit on train episodes."""
+    probe fit on train episodes (None: no probe term, for data without actions)."""
     if model.cfg.target != "pixels":
         return [{"metric": "transfer", "value": None, "error": "needs a pixel-target model (this one predicts features)"}]
     rng = np.random.default_rng(seed)
@@ -64,15 +64,17 @@ def transfer_consistency(model: LatentActionModel, cache: FrameCache, episode: n
     p_a = [np.bincount(za[:, k], minlength=C) / len(za) for k in range(za.shape[1])]
     p_c = [np.bincount(zc[:, k], minlength=C) / len(zc) for k in range(zc.shape[1])]
     chance = float(np.mean([(p * q).sum() for p, q in zip(p_a, p_c)]))
-    pa, pc = predict_action(za), predict_action(zc)
     ep = episode[a_rows]
     recs = []
-    for name, fn, est in [
+    measures = [
         ("transfer_token_recovery", lambda r: float((zc[r] == za[r]).mean()), "rate"),
         ("transfer_tuple_recovery", lambda r: float((zc[r] == za[r]).all(1).mean()), "rate"),
         ("transfer_self_token_recovery", lambda r: float((zs[r] == za[r]).mean()), "rate"),
-        ("transfer_probe_action_nmse", lambda r: nmse(pc[r], pa[r]), "ridge_onehot"),
-    ]:
+    ]
+    if predict_action is not None:  # without actions (unlabelled video) there is no probe
+        pa, pc = predict_action(za), predict_action(zc)
+        measures.append(("transfer_probe_action_nmse", lambda r: nmse(pc[r], pa[r]), "ridge_onehot"))
+    for name, fn, est in measures:
         recs.append({"metric": name, "n": int(len(a_rows)), "estimator": est, **bootstrap_ci(fn, ep, n_boot=n_boot, seed=seed).to_dict()})
     recs.append({"metric": "transfer_chance_token_recovery", "n": int(len(za)), "value": chance, "estimator": "sum_c p_A(c) p_re(c)"})
     return recs

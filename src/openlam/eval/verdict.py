@@ -103,6 +103,11 @@ def sentences(rd: dict[str, Any]) -> str:
 
 def verdict_lines(m: dict[str, Any], all_splits: bool = False) -> list[str]:
     """Sentences for the first held-out split (test), or every split."""
+    if m.get("needs_actions"):
+        got = sorted({r["metric"] for r in m["records"] if r.get("value") is not None})
+        return [f"No actions in {m.get('dataset')}: what needs none is measured ({', '.join(got) or 'codebook usage only'}; "
+                "codebook usage, example pairs per token and per tuple, and the embedding map in plots/). Not measured, "
+                f"as each needs the action: {', '.join(m['needs_actions'])}."]
     rds = readings(m)
     if not all_splits and rds:
         rds = [r for r in rds if r["split"] == rds[0]["split"]]

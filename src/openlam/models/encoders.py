@@ -18,7 +18,7 @@ from torch import nn
 from openlam.errors import ConfigError
 from openlam.models.blocks import Block, STBlock
 from openlam.models.config import EncoderConfig, LAMConfig
-from openlam.models.weights import load_strict
+from openlam.models.weights import load_strict, read_weights
 
 
 def _grid(k: int) -> tuple[int, int]:
@@ -130,11 +130,9 @@ def load_backbone(cfg: EncoderConfig) -> nn.Module:
             raise ConfigError(f"{p}: model.encoder.backbone_path: expected a transformers model dir with config.json")
         return Dinov2Model.from_pretrained(str(p), local_files_only=True)
     if p.is_file() and p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         model = Dinov2Model(Dinov2Config(**({"image_size": cfg.backbone_image_size} | cfg.backbone_config)))
         # a classification checkpoint's head is not part of the backbone; everything else must fit
-        state = {k.removeprefix("dinov2."): v for k, v in load_file(str(p)).items() if not k.startswith(("head", "classifier"))}
+        state = {k.removeprefix("dinov2."): v for k, v in read_weights(p).items() if not k.startswith(("head", "classifier"))}
         state.setdefault("embeddings.mask_token", model.embeddings.mask_token.detach())  # pretraining-only, unused here
         load_strict(model, state, p)
         return model

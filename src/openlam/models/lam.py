@@ -19,19 +19,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 import openlam
 from openlam.artifacts import atomic_write_json
 from openlam.config import from_dict, to_dict
-from openlam.errors import ConfigError
+from openlam.errors import ConfigError, DamagedFile
 from openlam.models.blocks import init_weights
 from openlam.models.config import LAMConfig
 from openlam.models.decoders import Decoder
 from openlam.models.encoders import BackboneEncoder, build_encoder
 from openlam.models.quantizers import QuantOut, build_quantizer
-from openlam.models.weights import load_strict
+from openlam.models.weights import load_strict, read_weights
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -184,12 +184,24 @@ class LatentActionModel(nn.Module):
         for p in (cfg_path, w_path):
             if not p.is_file():
                 raise ConfigError(f"{p}: missing; expected a directory written by LatentActionModel.save_pretrained")
-        meta = json.loads(cfg_path.read_text())
+        try:
+            meta = json.loads(cfg_path.read_text())
+        except ValueError as e:
+            raise DamagedFile(f"{cfg_path}: not readable JSON ({e}); it is truncated or damaged") from e
         model = cls(from_dict(LAMConfig, meta["model"]))
         arch = model.architecture()
         if meta.get("architecture_sha") != _arch_hash(arch):
             raise ConfigError(f"{cfg_path}: architecture_sha does not match the model built from its config (edited config or weights?)")
-        load_strict(model, load_file(str(w_path), device=str(map_location)), w_path)
+        try:
+            state = read_weights(w_path, device=str(map_location))
+        except DamagedFile as e:
+            from openlam.train.checkpoint import last_intact
+
+            intact = last_intact(d.parent)  # d is <run>/model when the model belongs to a run
+            raise DamagedFile(f"{e}" + (f"; the run's last intact checkpoint is {intact[0]} (step {intact[1]}): its "
+                                        f"model.safetensors holds this model's weights at that step; copy it to {w_path} "
+                                        "to use them" if intact else "")) from e
+        load_strict(model, state, w_path)
         return model.to(map_location)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing as mp
+import os
 import time
 import zlib
 from collections import OrderedDict
@@ -123,10 +124,29 @@ def _close_all() -> None:
         _WORKERS.popitem()[1].close()
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int | None = None) -> None:
     # Pool workers run multiprocessing finalizers on exit *before* interpreter atexit hooks, i.e.
     # while MuJoCo's EGL display is still alive, so renderers are freed cleanly.
     mp.util.Finalize(None, _close_all, exitpriority=100)
+    if parent is not None:
+        die_with_parent(parent)
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to end this process when its parent dies (a killed `openlam generate` would
+    otherwise leave its workers rolling out episodes nobody collects); a no-op elsewhere."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def episode_seed(seed: int, task: str, episode: int, attempt: int) -> np.random.SeedSequence:
@@ -236,7 +256,7 @@ def generate(cfg: GenerateConfig, out: str | Path, overwrite: bool = False, show
             results = map(_job, jobs)
             pool = None
         else:
-            pool = mp.get_context("spawn").Pool(min(cfg.workers, len(jobs)), initializer=_worker_init)
+            pool = mp.get_context("spawn").Pool(min(cfg.workers, len(jobs)), initializer=_worker_init, initargs=(os.getpid(),))
             results = pool.imap(_job, jobs)
         try:
             for ep, seconds in progress(results, total=len(jobs), desc="generate", enabled=show_progress):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,6 +28,12 @@ class DataConfig:
     fps: float | None = None  # for image-sequence folders
 
     def validate(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0 (0: load in the training process), got {self.workers}")
+        if self.train_episodes is not None and self.train_episodes < 1:
+            raise ConfigError(f"data.train_episodes must be >= 1 or null (all), got {self.train_episodes}")
+        if self.fps is not None and not self.fps > 0:
+            raise ConfigError(f"data.fps must be > 0 or null, got {self.fps}")
         if (self.dataset is None) == (self.cache is None):
             raise ConfigError("data: give exactly one of data.dataset (to cache) or data.cache (already cached)")
 
@@ -38,6 +46,17 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # 0: off
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"optim.lr must be a finite number > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise ConfigError(f"optim.weight_decay, optim.grad_clip (0: off) and optim.warmup_steps must be >= 0, got "
+                              f"{self.weight_decay}, {self.grad_clip}, {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
 
 
 @dataclass
@@ -68,5 +87,12 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("steps and batch_size must be >= 1")
-        if self.log_every < 1 or self.ckpt_every < 1:
-            raise ConfigError("log_every and ckpt_every must be >= 1")
+        if self.log_every < 1 or self.ckpt_every < 1 or self.eval_batches < 1 or self.probe_pairs < 1:
+            raise ConfigError("log_every, ckpt_every, eval_batches and probe_pairs must be >= 1")
+        for key in ("preview_every", "eval_every", "probe_every", "keep_last", "time_limit_s"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0 (0: {'keep all' if key == 'keep_last' else 'off'}), got {getattr(self, key)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (0: no EMA weights), got {self.ema_decay}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")

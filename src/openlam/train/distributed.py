@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from openlam.errors import ConfigError
+
 
 @dataclass
 class DistInfo:
@@ -25,6 +27,8 @@ def init(device_pref: str) -> tuple[DistInfo, torch.device]:
     info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     if device_pref == "auto":
         device_pref = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_pref.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device_pref}: torch {torch.__version__} sees no CUDA GPU on this machine; use device=cpu or device=auto")
     if device_pref == "cuda":
         torch.cuda.set_device(info.local_rank)
         device = torch.device("cuda", info.local_rank)

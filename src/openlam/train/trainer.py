@@ -9,6 +9,7 @@ where the non-finite-loss check and the codebook-collapse alarm run too.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -33,6 +34,7 @@ from openlam.train.config import TrainConfig
 from openlam.train.evaluate import preview_png, reconstruction_eval
 from openlam.train.logger import RunLogger
 from openlam.train.online_probe import OnlineProbe
+from openlam.train.run_record import cache_mismatch, check_inputs, check_resume
 from openlam.train.sampler import StepBatchSampler
 
 
@@ -63,16 +65,30 @@ def objective_context(model: LatentActionModel, cache: FrameCache, train_ds: Pai
                             action_stats=train_ds.action_stats if cache.action_space is not None else None)
 
 
-def resolve_cache(cfg: TrainConfig, out: Path, main: bool) -> FrameCache:
-    """Use data.cache as is, or decode data.dataset once into <out>/cache (rank 0; others wait)."""
+def resolve_cache(cfg: TrainConfig, out: Path, main: bool, resume: bool = False) -> FrameCache:
+    """Use data.cache as is, or decode data.dataset once into <out>/cache (rank 0; others wait).
+    A cache already in <out> is reused only if it decodes data.dataset as it is now, at the model's
+    size and the configured cameras; otherwise a fresh run rebuilds it and a resumed one stops."""
     if cfg.data.cache is not None:
         return FrameCache(cfg.data.cache)
-    path = out / "cache"
-    if main and not (path / "cache.json").is_file():
-        from openlam.data.source import open_dataset
+    from openlam.data.source import open_dataset
 
-        src = open_dataset(cfg.data.dataset, fps=cfg.data.fps)
-        build_cache(src, path, CacheConfig(size=cfg.model.image_size, cameras=cfg.data.views, workers=cfg.data.workers))
+    path = out / "cache"
+    src = open_dataset(cfg.data.dataset, fps=cfg.data.fps)  # every rank checks, so all raise or none
+    cams = src.check_cameras(cfg.data.views)
+    rebuild = False
+    if (path / "cache.json").is_file():
+        why = cache_mismatch(json.loads((path / "cache.json").read_text()), src.path, src.fingerprint(), cfg.model.image_size, cams,
+                             [e.fps for e in src.episodes])
+        if why and resume:
+            raise ConfigError(f"{path}: not the data this run was trained on: {'; '.join(why)}. "
+                              "--resume continues a run on its own data; start a new run in another out")
+        if why and main:
+            warnings.warn(f"{path}: rebuilding the run's frame cache: {'; '.join(why)}", stacklevel=2)
+        rebuild = bool(why)
+    if main and (rebuild or not (path / "cache.json").is_file()):
+        build_cache(src, path, CacheConfig(size=cfg.model.image_size, cameras=cfg.data.views, workers=cfg.data.workers),
+                    overwrite=path.exists())
     distributed.barrier()
     return FrameCache(path)
 
@@ -145,11 +161,17 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
         out.mkdir(parents=True, exist_ok=True)
     if resume and checkpoint.latest(out) is None:
         raise OpenLAMError(f"{out}: --resume given but there is no checkpoint in {checkpoint.ckpt_dir(out)}")
+    ckpt = None
+    if resume:  # before anything is read or written: a refused resume leaves the run's record as it was
+        ckpt = checkpoint.load_latest(out)
+        check_resume(cfg, out, ckpt[1])
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
         torch.use_deterministic_algorithms(True)
-    cache = resolve_cache(cfg, out, info.main)
+    cache = resolve_cache(cfg, out, info.main, resume)
+    if resume:
+        check_inputs(out, cache.meta, cache.path)
     train_ds = PairDataset(cache, cfg.data.train_split, cfg.data.views, cfg.data.gap, seed=cfg.seed, episodes=train_subset(cfg, cache))
     check_data_fits_model(cfg, cache, train_ds)
     val_ds = None
@@ -158,14 +180,6 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     model = LatentActionModel(cfg.model).to(device)
     objective = build_objective(cfg.objectives, objective_context(model, cache, train_ds)).to(device)
     trainee = Trainee(model, objective)
-    if info.main:
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
-        atomic_write_json(out / "inputs.json", {
-            "cache": str(cache.path.resolve()), "source": cache.meta["source"],
-            "source_fingerprint": cache.meta["source_fingerprint"], "views": train_ds.views,
-            "gap": cfg.data.gap.describe(), "train_pairs": len(train_ds), "val_pairs": len(val_ds) if val_ds else 0,
-            "train_episodes": sorted(train_ds.pairs_per_episode()),
-        })
 
     params = [p for p in trainee.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(_param_groups(trainee, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), fused=True)
@@ -176,10 +190,8 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     start, resumed_time = 0, 0.0
-    if resume:
-        path = checkpoint.latest(out)
-        assert path is not None
-        start, weights, tstate = checkpoint.load(path)
+    if ckpt is not None:
+        path, start, weights, tstate = ckpt
         load_strict(model, weights["model"], path / "model.safetensors")
         if objective.state_dict() or "objective" in weights:
             load_strict(objective, weights.get("objective", {}), path / "objective.safetensors")
@@ -194,6 +206,14 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
         resumed_time = float(tstate.get("train_time_s", 0.0))
         if device.type == "cuda" and "rng_cuda" in tstate:
             torch.cuda.set_rng_state(tstate["rng_cuda"])
+    if info.main:  # the run's record, once its checkpoint (if any) has loaded
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
+        atomic_write_json(out / "inputs.json", {
+            "cache": str(cache.path.resolve()), "source": cache.meta["source"],
+            "source_fingerprint": cache.meta["source_fingerprint"], "views": train_ds.views,
+            "gap": cfg.data.gap.describe(), "train_pairs": len(train_ds), "val_pairs": len(val_ds) if val_ds else 0,
+            "train_episodes": sorted(train_ds.pairs_per_episode()),
+        })
     net: torch.nn.Module = trainee
     if info.world > 1:  # an objective that never decodes leaves the decoder without gradient
         net = torch.nn.parallel.DistributedDataParallel(trainee, device_ids=[device.index] if device.type == "cuda" else None,
