@@ -34,7 +34,7 @@ demo: setup
 	$(OPENLAM) train configs/supervised_tiny.yaml data.dataset=$(DEMO)/data out=$(DEMO)/supervised_tiny \
 		steps=400 time_limit_s=120 ckpt_every=200 probe_every=100 probe_pairs=512
 	$(OPENLAM) eval $(DEMO)/supervised_tiny infonce_steps=0 transfer_pairs=0 cka_rounds=0 phase_draws=0 references=false
-	$(OPENLAM) eval $(DEMO)/lapa_tiny --ceiling $(DEMO)/supervised_tiny
+	$(OPENLAM) eval $(DEMO)/lapa_tiny --ceiling $(DEMO)/supervised_tiny phase_draws=99
 	$(OPENLAM) report $(DEMO)/lapa_tiny $(DEMO)/supervised_tiny --out $(DEMO)/report
 	@echo "demo outputs: $(DEMO)/contact_sheet.png $(DEMO)/summary.md $(DEMO)/lapa_tiny/previews/ $(DEMO)/lapa_tiny/summary.json"
 	@echo "evaluation report: $(DEMO)/report/report.html (and report.md); metrics: $(DEMO)/lapa_tiny/eval/metrics.json"
