@@ -69,8 +69,13 @@ def _why(e: BaseException, where: Path) -> str:
     return f"no space left on the device holding {where}" if full else f"{type(e).__name__}: {e}"
 
 
+def finished(out: Path) -> list[Path]:
+    """The run's finished checkpoints (meta.json is written last), oldest first."""
+    return sorted(p for p in ckpt_dir(out).glob("step_*") if (p / "meta.json").is_file())
+
+
 def latest(out: Path) -> Path | None:
-    done = sorted(p for p in ckpt_dir(out).glob("step_*") if (p / "meta.json").is_file())
+    done = finished(out)
     return done[-1] if done else None
 
 
@@ -79,10 +84,7 @@ def load(path: Path) -> tuple[int, Weights, dict[str, Any]]:
     cannot be read back."""
     if not (path / "meta.json").is_file():
         raise OpenLAMError(f"{path}: not a finished checkpoint (no meta.json)")
-    try:
-        step = int(json.loads((path / "meta.json").read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DamagedFile(f"{path / 'meta.json'}: unreadable ({type(e).__name__}: {e})") from e
+    step = _step(path)
     weights = {f.name.removesuffix(".safetensors"): read_weights(f) for f in sorted(path.glob("*.safetensors"))}
     if "model" not in weights:
         raise DamagedFile(f"{path}: no model.safetensors; the checkpoint is incomplete")
@@ -93,12 +95,19 @@ def load(path: Path) -> tuple[int, Weights, dict[str, Any]]:
     return step, weights, state
 
 
+def _step(path: Path) -> int:
+    """The step in a checkpoint's meta.json; DamagedFile when it cannot be read."""
+    try:
+        return int(json.loads((path / "meta.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DamagedFile(f"{path / 'meta.json'}: unreadable ({type(e).__name__}: {e})") from e
+
+
 def load_latest(out: Path) -> tuple[Path, int, Weights, dict[str, Any]]:
     """The newest checkpoint that reads back whole; each damaged newer one is named in a warning.
     Raises, listing every checkpoint and what is wrong with it, when none does."""
-    done = sorted((p for p in ckpt_dir(out).glob("step_*") if (p / "meta.json").is_file()), reverse=True)
     problems = []
-    for path in done:
+    for path in reversed(finished(out)):
         try:
             step, weights, state = load(path)
         except DamagedFile as e:
@@ -112,11 +121,11 @@ def load_latest(out: Path) -> tuple[Path, int, Weights, dict[str, Any]]:
 
 def last_intact(out: Path) -> tuple[Path, int] | None:
     """The newest checkpoint whose model weights read back, and its step (None if there is none)."""
-    for path in sorted(ckpt_dir(out).glob("step_*"), reverse=True):
+    for path in reversed(finished(out)):
         try:
-            step = int(json.loads((path / "meta.json").read_text())["step"])
+            step = _step(path)
             read_weights(path / "model.safetensors")
-        except (OSError, ValueError, KeyError, TypeError, OpenLAMError):
+        except OpenLAMError:
             continue
         return path, step
     return None
