@@ -174,7 +174,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
             raise OpenLAMError("bench train needs a config: openlam bench train configs/bench/lapa_cpu.yaml")
         cfg = load_config(TrainConfig, a.config, a.overrides)
         r = bench_train(cfg, steps=a.steps)
-        name = f"bench train {Path(a.config).stem}"
+        name = " ".join(["bench train", Path(a.config).stem, *a.overrides])  # a variant gets its own section
         notes = "target: >= 75% of the measured fp32 matmul peak on 2 CPU cores; >= 40% MFU (bf16) on a GPU at LAPA full size"
         print(record(name, r, notes, path=a.out))
         return 0

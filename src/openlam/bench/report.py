@@ -37,7 +37,8 @@ def record(name: str, results: dict[str, Any], notes: str = "", path: str | Path
 
 def command_line() -> str:
     """The command this process was started with, as a user would type it."""
-    return "openlam " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("openlam") else " ".join(sys.argv)
+    as_cli = sys.argv and (sys.argv[0].endswith("openlam") or sys.argv[0].endswith("openlam/__main__.py"))  # also python -m openlam
+    return "openlam " + " ".join(sys.argv[1:]) if as_cli else " ".join(sys.argv)
 
 
 def record_section(name: str, body: str, notes: str = "", path: str | Path = "docs/benchmarks.md", header: str = HEADER) -> str:

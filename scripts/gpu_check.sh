@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The checks CI cannot run (it has no GPU), in one script for a GPU machine:
+#   1. `openlam bench train` at LAPA full size: bf16 + torch.compile (the MFU target), bf16 eager,
+#      and eager at a larger batch; sections land in docs/benchmarks.md.
+#   2. a stage-1 run through the real CLI on CUDA with bf16 + compile, stopped half-way and resumed.
+#   3. the same through torchrun (NCCL process group, one rank).
+# Usage: OUT=runs/gpu_check bash scripts/gpu_check.sh   (PY picks the interpreter, default python3)
+set -uo pipefail
+OUT=${OUT:-runs/gpu_check}
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+STEPS=${STEPS:-400}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}src
+ok() { echo "== $1: $([ "$2" = 0 ] && echo ok || echo "FAILED (rc $2)")" | tee -a "$OUT/summary.txt"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
+
+if [ "$DEVICE" = cuda ]; then
+  $PY -m openlam bench train configs/bench/lapa_gpu.yaml --steps 30 2>&1 | tee "$OUT/bench_compile.log"; ok "bench bf16 compile" $?
+  $PY -m openlam bench train configs/bench/lapa_gpu.yaml --steps 30 compile=false 2>&1 | tee "$OUT/bench_eager.log"; ok "bench bf16 eager" $?
+  $PY -m openlam bench train configs/bench/lapa_gpu.yaml --steps 20 compile=false batch_size=256 2>&1 | tee "$OUT/bench_eager_b256.log"; ok "bench bf16 eager b256" $?
+fi
+
+DATA=$OUT/squares
+$PY - "$DATA" <<'PY' 2>&1 | tee "$OUT/data.log"
+import sys
+from openlam.data.lerobot_writer import write_lerobot
+from openlam.data.synthetic import moving_squares
+write_lerobot(sys.argv[1], moving_squares(episodes=48, length=40, size=64, seed=0), fps=10.0)
+print("wrote", sys.argv[1])
+PY
+ok "synthetic dataset" $?
+
+TRAIN=(configs/lapa_tiny.yaml "data.dataset=$DATA" data.workers=4 "device=$DEVICE" log_every=25 preview_every=0
+       ckpt_every=$((STEPS / 4)) probe_every=$((STEPS / 2)) time_limit_s=0 batch_size=64)
+[ "$DEVICE" = cuda ] && TRAIN+=(precision=bf16 compile=true)
+$PY -m openlam train "${TRAIN[@]}" "out=$OUT/run" steps=$((STEPS / 2)) 2>&1 | tee "$OUT/train_first_half.log"; ok "train first half" $?
+$PY -m openlam train --resume "${TRAIN[@]}" "out=$OUT/run" steps=$STEPS 2>&1 | tee "$OUT/train_resumed.log"; ok "train resumed" $?
+$PY -m torch.distributed.run --standalone --nproc_per_node 1 -m openlam train "${TRAIN[@]}" "out=$OUT/ddp" steps=$((STEPS / 2)) compile=false \
+  2>&1 | tee "$OUT/train_torchrun.log"; ok "torchrun (1 rank)" $?
+$PY -m openlam eval "$OUT/run" n_boot=200 2>&1 | tail -20 | tee "$OUT/eval.log"; ok "eval" $?
+cp docs/benchmarks.md "$OUT/benchmarks.md" 2>/dev/null
+cat "$OUT/summary.txt"
