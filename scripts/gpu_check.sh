@@ -21,13 +21,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
 
 if [ "$DEVICE" = cuda ]; then
-  $PY -m openlam bench train configs/bench/lapa_gpu.yaml --steps 30 2>&1 | tee "$OUT/bench_compile.log"; ok "bench bf16 compile" $?
-  $PY -m openlam bench train configs/bench/lapa_gpu.yaml --steps 30 compile=false 2>&1 | tee "$OUT/bench_eager.log"; ok "bench bf16 eager" $?
-  $PY -m openlam bench train configs/bench/lapa_gpu.yaml --steps 20 compile=false batch_size=256 2>&1 | tee "$OUT/bench_eager_b256.log"; ok "bench bf16 eager b256" $?
+  $PY -m openlam bench train configs/bench/lapa_gpu.yaml --steps 30 2>&1 | tee -a "$OUT/bench.log"; ok "bench bf16 compile" $?
+  $PY -m openlam bench train configs/bench/lapa_gpu.yaml --steps 30 compile=false 2>&1 | tee -a "$OUT/bench.log"; ok "bench bf16 eager" $?
+  $PY -m openlam bench train configs/bench/lapa_gpu.yaml --steps 20 compile=false batch_size=256 2>&1 | tee -a "$OUT/bench.log"; ok "bench bf16 eager b256" $?
 fi
 
 DATA=$WORK/squares
-$PY - "$DATA" <<'PY' 2>&1 | tee "$OUT/data.log"
+$PY - "$DATA" <<'PY' 2>&1 | tee -a "$OUT/train.log"
 import sys
 from openlam.data.lerobot_writer import write_lerobot
 from openlam.data.synthetic import moving_squares
@@ -39,9 +39,9 @@ ok "synthetic dataset" $?
 TRAIN=(configs/lapa_tiny.yaml "data.dataset=$DATA" data.workers=4 "device=$DEVICE" log_every=25 preview_every=0
        ckpt_every=$((STEPS / 4)) probe_every=$((STEPS / 2)) time_limit_s=0 batch_size=64)
 [ "$DEVICE" = cuda ] && TRAIN+=(precision=bf16 compile=true)
-$PY -m openlam train "${TRAIN[@]}" "out=$WORK/run" steps=$((STEPS / 2)) 2>&1 | tee "$OUT/train_first_half.log"; ok "train first half" $?
-$PY -m openlam train --resume "${TRAIN[@]}" "out=$WORK/run" steps=$STEPS 2>&1 | tee "$OUT/train_resumed.log"; ok "train resumed" $?
+$PY -m openlam train "${TRAIN[@]}" "out=$WORK/run" steps=$((STEPS / 2)) 2>&1 | tee -a "$OUT/train.log"; ok "train first half" $?
+$PY -m openlam train --resume "${TRAIN[@]}" "out=$WORK/run" steps=$STEPS 2>&1 | tee -a "$OUT/train.log"; ok "train resumed" $?
 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m openlam train "${TRAIN[@]}" "out=$WORK/ddp" steps=$((STEPS / 2)) compile=false \
-  2>&1 | tee "$OUT/train_torchrun.log"; ok "torchrun (1 rank)" $?
+  2>&1 | tee -a "$OUT/train.log"; ok "torchrun (1 rank)" $?
 cp docs/benchmarks.md "$OUT/benchmarks.md" 2>/dev/null
 cat "$OUT/summary.txt"
