@@ -86,11 +86,16 @@ def _cli_train(cfg: dict, tmp: Path, *extra: str, nproc: int = 1) -> subprocess.
     return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_resume_after_kill_is_exact(squares, tmp_path):
+# the cycle's latent action buffer, step counter, discriminator and its optimiser must resume too
+CYCLE = [{"kind": "reconstruction"}, {"kind": "cycle", "weight": 0.5, "options": {"discriminator": "local_global", "adversarial_start": 5}}]
+
+
+@pytest.mark.parametrize("objectives", [[{"kind": "reconstruction"}, {"kind": "action", "weight": 0.1, "options": {"fraction": 0.5}}], CYCLE],
+                         ids=["light_supervision", "cycle"])
+def test_resume_after_kill_is_exact(squares, tmp_path, objectives):
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
     # light supervision rides along: its head and statistics must resume exactly too
-    kw = {"steps": 60, "ckpt_every": 10, "log_every": 1,
-          "objectives": [{"kind": "reconstruction"}, {"kind": "action", "weight": 0.1, "options": {"fraction": 0.5}}]}
+    kw = {"steps": 60, "ckpt_every": 10, "log_every": 1, "objectives": objectives}
     ref = _cli_train(cfg_dict(squares, ref_out, **kw, **{"model.quantizer.kind": "nsvq", "model.quantizer.restart_every": 7}), tmp_path)
     assert ref.wait(300) == 0, ref.stdout.read()
     proc = _cli_train(cfg_dict(squares, out, **kw, **{"model.quantizer.kind": "nsvq", "model.quantizer.restart_every": 7}), tmp_path)
@@ -114,19 +119,20 @@ def test_resume_after_kill_is_exact(squares, tmp_path):
 LIGHT = [{"kind": "reconstruction"}, {"kind": "action", "weight": 0.1, "options": {"fraction": 0.1}}]
 
 
-@pytest.mark.parametrize("objectives", [[{"kind": "reconstruction"}], [{"kind": "cross_view"}], LIGHT],
-                         ids=["reconstruction", "cross_view", "light_supervision"])
+@pytest.mark.parametrize("objectives", [[{"kind": "reconstruction"}], [{"kind": "cross_view"}], LIGHT, CYCLE],
+                         ids=["reconstruction", "cross_view", "light_supervision", "cycle"])
 def test_ddp_two_processes_match_single_process(squares, tmp_path, objectives):
     """With NSVQ noise and dead-code restarts too: both must use the global batch's randomness.
     cross_view (MVP-LAM) makes partner-row predictions; light supervision adds an objective-owned
-    head that DDP must sync like the LAM's own weights."""
+    head that DDP must sync like the LAM's own weights; the cycle samples from a buffer of the
+    global batch and trains a discriminator by a second optimiser."""
     kw = {"steps": 12, "ckpt_every": 12, "log_every": 4, "batch_size": 16, "objectives": objectives,
           "model.quantizer.kind": "nsvq", "model.quantizer.restart_every": 4, "model.quantizer.restart_threshold": 0.5}
     single = _cli_train(cfg_dict(squares, tmp_path / "one", **kw), tmp_path)
     assert single.wait(300) == 0, single.stdout.read()
     ddp = _cli_train(cfg_dict(squares, tmp_path / "two", **kw), tmp_path, nproc=2)
     assert ddp.wait(300) == 0, ddp.stdout.read()
-    for f in ("model", "objective") if objectives is LIGHT else ("model",):
+    for f in ("model", "objective") if objectives in (LIGHT, CYCLE) else ("model",):
         a = load_file(str(tmp_path / f"one/checkpoints/step_00000012/{f}.safetensors"))
         b = load_file(str(tmp_path / f"two/checkpoints/step_00000012/{f}.safetensors"))
         for k in a:

@@ -182,8 +182,11 @@ class BackboneEncoder(nn.Module):
     def context(self, o_t: torch.Tensor) -> torch.Tensor:
         return self.embed(self.features(o_t[:, None]))[:, 0]
 
-    def forward(self, pair: torch.Tensor, feats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.features(pair) if feats is None else feats
+    def forward(self, pair: torch.Tensor | None, feats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the frames (B, 2, 3, S, S), or from their backbone features when given."""
+        if feats is None:
+            assert pair is not None
+            feats = self.features(pair)
         tokens = self.embed(feats)
         return self.trunk(tokens), tokens[:, 0]
 

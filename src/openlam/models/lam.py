@@ -128,6 +128,27 @@ class LatentActionModel(nn.Module):
         with torch.autocast(tokens.device.type, enabled=False):
             return self.quantizer.continuous(tokens.float())
 
+    def target_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S) float frames -> what the decoder predicts for each: the frames, or their
+        normalised backbone features (B, T, N, F)."""
+        feats = self.encoder.features(frames) if self.uses_backbone else None
+        return self._target_space(frames, feats)
+
+    def encode_generated(self, o_t: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+        """(B, K, code_dim) pre-quantization embedding of (o_t, a generated o_t+H): the encoder
+        re-reading what the decoder made (CycleMimic's cycle), without quantizer side effects.
+        generated is in target space: pixels, or normalised features, which go back to the
+        encoder's input scale with o_t's per-patch statistics (the residual prediction is made
+        around o_t's features, so theirs is the scale it lives at)."""
+        if not self.uses_backbone:
+            return self.encode_continuous(torch.stack([o_t, generated], 1))
+        f_t = self.encoder.features(o_t[:, None])[:, 0]
+        mean, std = f_t.mean(-1, keepdim=True), f_t.var(-1, keepdim=True, unbiased=False).add(1e-5).sqrt()
+        feats = torch.stack([f_t, generated * std + mean], 1)
+        tokens, _ = self.encoder(None, feats)
+        with torch.autocast(tokens.device.type, enabled=False):
+            return self.quantizer.continuous(tokens.float())
+
     def predict(self, enc: PairEncoding, z_q: torch.Tensor) -> torch.Tensor:
         """Prediction of o_t+H from enc's o_t (context) and the quantized latent z_q (B, K, D)."""
         return self._predict(enc.context, z_q, enc.space[:, 0])
