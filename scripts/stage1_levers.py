@@ -27,6 +27,8 @@ COMMON = ["data.dataset=null", "data.gap.seconds=0.2", "time_limit_s=0", "log_ev
 # this screening moved them to 16 x 16 x 64. Their levers start from it, so each row changes one thing.
 PAPER_BOTTLENECK = ["model.quantizer.num_tokens=4", "model.quantizer.codebook_size=8", "model.quantizer.code_dim=16"]
 LIGHT = "objectives=[{kind: reconstruction, weight: 1.0, options: {views: random}}, {kind: action, weight: 0.05, options: {fraction: 0.05}}]"
+CYCLE = ("objectives=[{{kind: reconstruction, weight: 1.0, options: {{views: random}}}}, {{kind: cycle, weight: {w}, options: "
+         "{{views: random, buffer_batches: 4, discriminator: {disc}, adversarial_weight: 0.1, adversarial_start: 200}}}}]")
 
 # (run name, preset, overrides, what it tests)
 LEVERS: list[tuple[str, str, list[str], str]] = [
@@ -71,6 +73,9 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
      "e2 - e1 readout + stop-gradient on the context + NSVQ (LAPA's encoder side, Genie's additive decoder)"),
     ("g_diff_sg_xattn", "genie_tiny", ["model.encoder.readout=difference", "model.decoder.stop_grad_context=true", "model.decoder.kind=cross_attn"],
      "e2 - e1 readout + stop-gradient + cross-attention decoder (VQ kept)"),
+    ("c_base", "cyclemimic_tiny", [], "CycleMimic preset as is (LAPA-style model, reconstruction + cycle 0.1, buffer 4, local-global discriminator)"),
+    ("c_w001", "cyclemimic_tiny", [CYCLE.format(w=0.01, disc="local_global")], "cycle weight 0.01"),
+    ("c_nodisc", "cyclemimic_tiny", [CYCLE.format(w=0.1, disc="none")], "cycle without a discriminator"),
     ("u_base", "univla_tiny", [], "UniVLA-style preset as is"),
     ("u_cos", "univla_tiny", ["model.quantizer.lookup=cosine"], "cosine lookup"),
     ("u_ent", "univla_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.01"], "cosine + usage entropy 0.01"),

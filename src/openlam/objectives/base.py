@@ -101,6 +101,7 @@ def build_objective(cfgs: list[ObjectiveConfig], context: ObjectiveContext | Non
     from openlam.objectives.action import ActionConfig, ActionSupervision
     from openlam.objectives.cross_view import CrossView, CrossViewConfig
     from openlam.objectives.cycle import ActionCycle, CycleConfig
+    from openlam.objectives.motion_focused import MotionFocused, MotionFocusedConfig
     from openlam.objectives.reconstruction import Reconstruction, ReconstructionConfig
 
     registry = {
@@ -108,6 +109,7 @@ def build_objective(cfgs: list[ObjectiveConfig], context: ObjectiveContext | Non
         "cross_view": (lambda c: CrossView(c), CrossViewConfig),
         "action": (lambda c: ActionSupervision(c, context), ActionConfig),
         "cycle": (lambda c: ActionCycle(c, context), CycleConfig),
+        "motion_focused": (lambda c: MotionFocused(c), MotionFocusedConfig),
     }
     if not cfgs:
         raise ConfigError("objectives: need at least one objective")

@@ -252,7 +252,6 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
             raise ConfigError(f"probe_every: the online probe needs actions and a '{cfg.data.val_split}' split with episodes in {cache.path}")
         n = -(-cfg.probe_pairs // 64)
         probe = OnlineProbe(_fixed_batches(train_ds, 64, n), _fixed_batches(val_ds, 64, n), cache.action_space.names, model.cfg.codebook_size)
-    restart_every = cfg.model.quantizer.restart_every
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     bad = torch.zeros((), dtype=torch.bool, device=device)
     restarted = torch.zeros((), device=device)  # dead codes re-seeded since the last flush
@@ -346,8 +345,7 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
             aux_opt.zero_grad(set_to_none=True)
         if ema is not None:
             ema.update_parameters(model)
-        if restart_every > 0 and (step + 1) % restart_every == 0:
-            restarted += model.quantizer.restart_dead_codes()
+        restarted += model.restart_dead_codes(step + 1)
         bad |= ~torch.isfinite(loss.detach()) | ~torch.isfinite(logs["grad_norm"])
         window.append((step + 1, logs, lr))
         last_step = step + 1
