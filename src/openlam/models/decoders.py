@@ -51,8 +51,8 @@ class Decoder(nn.Module):
                 context = context.detach()
             x = self.ctx_in(context) + self.pos
         N = x.shape[1]
-        parts = []
-        if z_q is not None:
+        parts = []  # the latent tokens the cross-attention / in-context decoder reads
+        if z_q is not None and self.kind != "additive":
             parts.append(self.act_in(z_q) + (self.act_pos if self.kind == "in_context" else 0))
         if background is not None:
             parts.append(self.act_in(background) + self.bg_pos)
