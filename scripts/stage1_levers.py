@@ -75,6 +75,7 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
      "e2 - e1 readout + stop-gradient + cross-attention decoder (VQ kept)"),
     ("c_base", "cyclemimic_tiny", [], "CycleMimic preset as is (LAPA-style model, reconstruction + cycle 0.1, buffer 4, local-global discriminator)"),
     ("c_w001", "cyclemimic_tiny", [CYCLE.format(w=0.01, disc="local_global")], "cycle weight 0.01"),
+    ("c_ent", "cyclemimic_tiny", ["model.quantizer.entropy_weight=0.01"], "cycle 0.1 + codebook-usage entropy 0.01"),
     ("c_nodisc", "cyclemimic_tiny", [CYCLE.format(w=0.1, disc="none")], "cycle without a discriminator"),
     ("u_base", "univla_tiny", [], "UniVLA-style preset as is"),
     ("u_cos", "univla_tiny", ["model.quantizer.lookup=cosine"], "cosine lookup"),
