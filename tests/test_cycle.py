@@ -143,10 +143,12 @@ def test_cycle_learns_to_recover_sampled_codes(squares, tmp_path):
 def test_cycle_on_backbone_features_reencodes_generated_features():
     """UniVLA-style model (frozen backbone, feature target): the cycle's gradient reaches the
     trainable encoder through the generated features, and the discriminator reads features."""
+    backbone = {"hidden_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 24, "patch_size": 8}
     cfg = {"image_size": 16, "target": "features",
            "encoder": {"kind": "backbone", "dim": 16, "layers": 1, "heads": 2, "readout": "queries", "backbone_image_size": 16,
-                       "backbone_config": {"hidden_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 24, "patch_size": 8}},
-           "quantizer": {"kind": "vq", "num_tokens": 2, "codebook_size": 8, "code_dim": 8}, "decoder": {"kind": "in_context", "dim": 16, "layers": 1, "heads": 2}}
+                       "backbone_config": backbone},
+           "quantizer": {"kind": "vq", "num_tokens": 2, "codebook_size": 8, "code_dim": 8},
+           "decoder": {"kind": "in_context", "dim": 16, "layers": 1, "heads": 2}}
     torch.manual_seed(0)
     model = LatentActionModel(from_dict(LAMConfig, cfg))
     ctx = ObjectiveContext({0: 4}, latent_dim=16, batch_size=4, views=["view0"], num_tokens=2, target_shape=(4, 12))
