@@ -76,6 +76,8 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
     ("c_base", "cyclemimic_tiny", [], "CycleMimic preset as is (LAPA-style model, reconstruction + cycle 0.1, buffer 4, local-global discriminator)"),
     ("c_w001", "cyclemimic_tiny", [CYCLE.format(w=0.01, disc="local_global")], "cycle weight 0.01"),
     ("c_ent", "cyclemimic_tiny", ["model.quantizer.entropy_weight=0.01"], "cycle 0.1 + codebook-usage entropy 0.01"),
+    ("c_start", "cyclemimic_tiny", [CYCLE.format(w=0.1, disc="local_global").replace("adversarial_start: 200", "adversarial_start: 250, start: 250")],
+     "cycle 0.1 from step 250 (reconstruction alone before)"),
     ("c_nodisc", "cyclemimic_tiny", [CYCLE.format(w=0.1, disc="none")], "cycle without a discriminator"),
     ("u_base", "univla_tiny", [], "UniVLA-style preset as is"),
     ("u_cos", "univla_tiny", ["model.quantizer.lookup=cosine"], "cosine lookup"),

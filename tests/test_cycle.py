@@ -177,3 +177,18 @@ def test_metrics_name_the_cycle_parts(squares, tmp_path):
     train(from_dict(TrainConfig, cfg_dict(squares, out, steps=10, log_every=5, objectives=_cycle(discriminator="local"))))
     keys = set(json.loads((out / "metrics.jsonl").read_text().splitlines()[0]))
     assert {"cycle/cross_entropy", "cycle/recovered", "cycle/foreign", "cycle/generator_loss", "cycle/auxiliary_loss"} <= keys
+
+
+def test_cycle_counts_only_after_its_start():
+    from test_action import batch
+
+    model = LatentActionModel(from_dict(LAMConfig, {"image_size": 16, "encoder": {"dim": 16, "layers": 1, "heads": 2, "patch": 8},
+                                                    "quantizer": {"kind": "vq", "num_tokens": 2, "codebook_size": 8, "code_dim": 8},
+                                                    "decoder": {"dim": 16, "layers": 1, "heads": 2}}))
+    ctx = ObjectiveContext({0: 4}, latent_dim=16, batch_size=4, views=["v0"], num_tokens=2, target_shape=(3, 16, 16))
+    obj = build_objective([ObjectiveConfig(kind="cycle", options={"discriminator": "none", "start": 3})], ctx)
+    seen = []
+    for _ in range(5):
+        loss, logs = obj(model, batch([0, 0, 0, 0], views=1))
+        seen.append((loss.item(), logs["cycle/cross_entropy"].item()))
+    assert all(lo == 0 and ce > 0 for lo, ce in seen[:3]) and all(lo == pytest.approx(ce) for lo, ce in seen[3:]), seen

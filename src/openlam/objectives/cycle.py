@@ -38,6 +38,10 @@ class CycleConfig:
     views: Literal["all", "random", "first"] = "random"  # as in reconstruction
     buffer_batches: int = 4
     temperature: float = 1.0
+    # training steps before the cycle's cross-entropy counts: reconstruction first teaches the decoder
+    # to read the latent, so generated frames differ by the sampled code before the encoder is asked
+    # to tell them apart (else it can only learn the codes' marginal, which collapses the codebook)
+    start: int = 0
     discriminator: Literal["none", "local", "local_global"] = "local_global"
     adversarial_weight: float = 0.1  # of the decoder's GAN loss on generated frames, beside the cycle's cross-entropy
     adversarial_start: int = 0  # training steps before the decoder's GAN loss counts (the discriminator trains from step 0)
@@ -48,8 +52,8 @@ class CycleConfig:
             raise ConfigError(f"cycle objective: buffer_batches must be >= 1 (1: the current batch only), got {self.buffer_batches}")
         if not self.temperature > 0:
             raise ConfigError(f"cycle objective: temperature must be > 0, got {self.temperature}")
-        if self.adversarial_weight < 0 or self.adversarial_start < 0:
-            raise ConfigError("cycle objective: adversarial_weight and adversarial_start must be >= 0")
+        if self.adversarial_weight < 0 or self.adversarial_start < 0 or self.start < 0:
+            raise ConfigError("cycle objective: adversarial_weight, adversarial_start and start must be >= 0")
 
 
 class LatentActionBuffer(nn.Module):
@@ -122,9 +126,9 @@ class ActionCycle(Objective):
         # a second reconstruction)
         logs: Logs = {"cross_entropy": ce.detach(), "recovered": recovered.detach(),
                       "foreign": (sampled != own).any(-1).float().mean().detach()}
-        loss = ce
         if self.training:
             self.steps_seen.add_(1)
+        loss = (self.steps_seen > self.cfg.start).to(ce.dtype) * ce  # a factor, not a branch: no host sync
         if self.disc is not None:
             mode = self.cfg.discriminator
             real = model.target_frames(x[:, 1:2])[:, 0]
