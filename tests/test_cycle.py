@@ -78,13 +78,21 @@ def test_discriminator_losses_reach_only_their_own_side():
     disc = LocalGlobalDiscriminator(DiscriminatorConfig(dim=16, layers=1, heads=2, patch=8), (3, 16, 16))
     fake = torch.zeros(4, 3, 16, 16, requires_grad=True)
     real = torch.rand(4, 3, 16, 16)
-    generator_loss(disc, fake * 1.0, "local_global").backward()
+    generator_loss(disc, fake * 1.0).backward()
     assert fake.grad is not None and fake.grad.abs().sum() > 0
     assert all(p.grad is None for p in disc.parameters())  # the generator's loss never trains the discriminator
     fake.grad = None
-    discriminator_loss(disc, real, fake.detach(), "local").backward()
-    assert fake.grad is None and all(p.grad is not None for n, p in disc.named_parameters() if not n.startswith("global_head"))
-    assert disc.global_head.weight.grad is None  # "local" ignores the global logit
+    discriminator_loss(disc, real, fake.detach()).backward()
+    assert fake.grad is None and all(p.grad is not None for p in disc.parameters())
+
+
+@pytest.mark.parametrize("mode", ["local", "local_global"])
+def test_every_discriminator_parameter_learns(mode):
+    """A parameter no loss reaches stalls DDP's reduction: local mode has no global head at all."""
+    disc = LocalGlobalDiscriminator(DiscriminatorConfig(dim=16, layers=1, heads=2, patch=8), (3, 16, 16), mode)
+    assert (disc.global_head is None) == (mode == "local") and len(disc(torch.rand(2, 3, 16, 16))) == (1 if mode == "local" else 2)
+    discriminator_loss(disc, torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.parameters())
 
 
 def test_discriminator_learns_to_tell_real_from_fake():
@@ -93,9 +101,9 @@ def test_discriminator_learns_to_tell_real_from_fake():
     opt = torch.optim.Adam(disc.parameters(), lr=3e-3)
     real = lambda: torch.rand(8, 3, 16, 16) * 0.2  # noqa: E731  # dark, smooth
     fake = lambda: torch.rand(8, 3, 16, 16) * 2 - 1  # noqa: E731  # noise
-    first = discriminator_loss(disc, real(), fake(), "local_global").item()
+    first = discriminator_loss(disc, real(), fake()).item()
     for _ in range(100):
-        loss = discriminator_loss(disc, real(), fake(), "local_global")
+        loss = discriminator_loss(disc, real(), fake())
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -13,7 +13,10 @@ Composes with reconstruction (which still trains the pair's own latent): list bo
 Buffer: the codes of the last `buffer_batches` global batches (this one included), sampled
 uniformly; 1 = the current batch only, the paper's collapse ablation. The buffer holds the global
 batch in rank order and every rank draws the global sample and keeps its rows, so N DDP ranks
-equal one process; it is a persistent buffer, so resume is exact.
+equal one process; it is a persistent buffer, so resume is exact. The codes pushed are the nearest
+codes of the pairs' pre-quantization embedding, which is the quantizer's own assignment for the
+euclidean and cosine lookups; with the standardized lookup they are normalised by the cycle's own
+rows, and EMA-VQ has already moved its codes this step, so a few can differ.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ class ActionCycle(Objective):
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
         self.disc: LocalGlobalDiscriminator | None = None
         if cfg.discriminator != "none":
-            self.disc = LocalGlobalDiscriminator(cfg.discriminator_net, context.target_shape)
+            self.disc = LocalGlobalDiscriminator(cfg.discriminator_net, context.target_shape, cfg.discriminator)
 
     def auxiliary_param_groups(self) -> list[dict]:
         if self.disc is None:
@@ -130,11 +133,10 @@ class ActionCycle(Objective):
             self.steps_seen.add_(1)
         loss = (self.steps_seen > self.cfg.start).to(ce.dtype) * ce  # a factor, not a branch: no host sync
         if self.disc is not None:
-            mode = self.cfg.discriminator
             real = model.target_frames(x[:, 1:2])[:, 0]
             on = (self.steps_seen > self.cfg.adversarial_start).to(ce.dtype)  # a factor, not a branch: no host sync
-            g = generator_loss(self.disc, generated, mode)
+            g = generator_loss(self.disc, generated)
             loss = loss + on * self.cfg.adversarial_weight * g
             logs["generator_loss"] = g.detach()
-            logs[AUXILIARY] = discriminator_loss(self.disc, real.detach(), generated.detach(), mode)
+            logs[AUXILIARY] = discriminator_loss(self.disc, real.detach(), generated.detach())
         return loss, logs

@@ -32,8 +32,9 @@ Mode = Literal["local", "local_global"]
 
 
 class LocalGlobalDiscriminator(nn.Module):
-    def __init__(self, cfg: DiscriminatorConfig, target_shape: tuple[int, ...]):
-        """target_shape: (3, S, S) for pixel targets, (N, F) for feature targets."""
+    def __init__(self, cfg: DiscriminatorConfig, target_shape: tuple[int, ...], mode: Mode = "local_global"):
+        """target_shape: (3, S, S) for pixel targets, (N, F) for feature targets. mode local has no
+        global head (a parameter no loss reaches would stall DDP's gradient reduction)."""
         super().__init__()
         self.pixels = len(target_shape) == 3
         if self.pixels:
@@ -49,35 +50,32 @@ class LocalGlobalDiscriminator(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg.dim, cfg.heads) for _ in range(cfg.layers)])
         self.norm = nn.LayerNorm(cfg.dim)
         self.local_head = nn.Linear(cfg.dim, 1)
-        self.global_head = nn.Linear(cfg.dim, 1)
+        self.global_head = nn.Linear(cfg.dim, 1) if mode == "local_global" else None
         for m in self.children():
             init_weights(m)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, 3, S, S) pixels or (B, N, F) features -> (patch logits (B, P), global logits (B,))."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x: (B, 3, S, S) pixels or (B, N, F) features -> patch logits (B, P), and global logits
+        (B,) in local_global mode."""
         h = self.embed(x).flatten(2).transpose(1, 2) if self.pixels else self.embed(x)
         h = h + self.pos
         for blk in self.blocks:
             h = blk(h)
         h = self.norm(h)
-        return self.local_head(h)[..., 0], self.global_head(h.mean(1))[..., 0]
+        local = self.local_head(h)[..., 0]
+        return (local,) if self.global_head is None else (local, self.global_head(h.mean(1))[..., 0])
 
 
-def _levels(logits: tuple[torch.Tensor, torch.Tensor], mode: Mode) -> list[torch.Tensor]:
-    return [logits[0]] if mode == "local" else list(logits)
-
-
-def discriminator_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, mode: Mode) -> torch.Tensor:
+def discriminator_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """-log D(real) - log(1 - D(fake)) averaged over patches (and the global logit), as softplus of
     logits; fake must come detached (only the discriminator learns from this)."""
-    lr, lf = _levels(disc(real), mode), _levels(disc(fake), mode)
+    lr, lf = disc(real), disc(fake)
     return sum(F.softplus(-r).mean() + F.softplus(f).mean() for r, f in zip(lr, lf)) / len(lr)
 
 
-def generator_loss(disc: nn.Module, fake: torch.Tensor, mode: Mode) -> torch.Tensor:
+def generator_loss(disc: nn.Module, fake: torch.Tensor) -> torch.Tensor:
     """Non-saturating -log D(fake), through a copy of the discriminator whose weights are detached:
     the gradient reaches the frames (and the decoder that made them) and never the discriminator."""
     frozen = {k: v.detach() for k, v in disc.named_parameters()}
-    logits = torch.func.functional_call(disc, frozen, (fake,))
-    levels = _levels(logits, mode)
+    levels = torch.func.functional_call(disc, frozen, (fake,))
     return sum(F.softplus(-f).mean() for f in levels) / len(levels)
