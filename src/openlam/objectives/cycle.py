@@ -114,14 +114,18 @@ class ActionCycle(Objective):
     def forward(self, model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, Logs]:
         x, _ = pair_rows(batch, self.cfg.views)
         q = model.quantizer
+        fp32 = torch.autocast(x.device.type, enabled=False)  # code distances in fp32, as the quantizer's lookup
         with torch.no_grad():  # this batch's codes, for the buffer only
-            own = q.code_logits(model.encode_continuous(x)).argmax(-1)
+            z_own = model.encode_continuous(x)
+            with fp32:
+                own = q.code_logits(z_own.float()).argmax(-1)
             self.buffer.push(own)
         sampled = self.buffer.sample(x.shape[0])  # (n, K)
         o_c = x[:, 0]
         generated = model.decode(o_c, sampled)  # target space: pixels or normalised features
         z = model.encode_generated(o_c, generated)  # (n, K, code_dim)
-        logits = q.code_logits(z.float(), self.cfg.temperature)
+        with fp32:
+            logits = q.code_logits(z.float(), self.cfg.temperature)
         ce = F.cross_entropy(logits.flatten(0, 1), sampled.flatten())
         recovered = (logits.argmax(-1) == sampled).float().mean()
         # recovered: share of tokens whose generated frame re-encodes to the sampled code;
