@@ -26,6 +26,8 @@ COMMON = ["data.dataset=null", "data.gap.seconds=0.2", "time_limit_s=0", "log_ev
 # LAPA's own bottleneck (4 tokens x 8 codes, 16 dims per token): lapa_tiny's and mvp_lam_tiny's before
 # this screening moved them to 16 x 16 x 64. Their levers start from it, so each row changes one thing.
 PAPER_BOTTLENECK = ["model.quantizer.num_tokens=4", "model.quantizer.codebook_size=8", "model.quantizer.code_dim=16"]
+# Genie's own encoder side (learned-query readout, VQ): genie_tiny's before this screening; its levers start from it
+GENIE_OWN = ["model.encoder.readout=queries", "model.quantizer.kind=vq"]
 LIGHT = "objectives=[{kind: reconstruction, weight: 1.0, options: {views: random}}, {kind: action, weight: 0.05, options: {fraction: 0.05}}]"
 CYCLE = ("objectives=[{{kind: reconstruction, weight: 1.0, options: {{views: random}}}}, {{kind: cycle, weight: {w}, options: "
          "{{views: random, buffer_batches: 4, discriminator: {disc}, adversarial_weight: 0.1, adversarial_start: 200}}}}]")
@@ -49,7 +51,7 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
     ("s_gr", "lapa_tiny", ["data.gap.max_seconds=0.4"], "random gap 0.2-0.4 s (multi-step inverse dynamics)"),
     ("s_ls05", "lapa_tiny", [LIGHT], "light supervision: action head on 5% of train episodes, weight 0.05"),
     ("s_mvp", "mvp_lam_tiny", [], "cross-view reconstruction (MVP-LAM)"),
-    ("g_base", "genie_tiny", [], "Genie-style preset as is"),
+    ("g_base", "genie_tiny", [], "Genie's own choices: learned-query readout, VQ"),
     ("g_cos", "genie_tiny", ["model.quantizer.lookup=cosine"], "cosine lookup"),
     ("g_ent", "genie_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.01"], "cosine + usage entropy 0.01"),
     ("g_ent05", "genie_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.05"], "cosine + usage entropy 0.05"),
@@ -101,7 +103,7 @@ def benchmark_cache() -> Path:
 def train(name: str, preset: str, overrides: list[str], cache: Path) -> None:
     if (OUT / name / "summary.json").is_file():
         return
-    base = PAPER_BOTTLENECK if preset in ("lapa_tiny", "mvp_lam_tiny") else []
+    base = PAPER_BOTTLENECK if preset in ("lapa_tiny", "mvp_lam_tiny") else GENIE_OWN if preset == "genie_tiny" else []
     cmd = [str(ROOT / ".venv" / "bin" / "openlam"), "train", f"configs/{preset}.yaml", f"out={OUT / name}", f"data.cache={cache}",
            *COMMON, *base, *overrides]
     print("+", " ".join(cmd), flush=True)
@@ -168,7 +170,9 @@ def main() -> None:
         "but another pair's latent, over the error with its own (about 1: the decoder does without the latent). "
         "Codes: used of the codebook, pooled over token positions, on validation pairs; "
         "perplexity of that pooled usage. The lapa_tiny and mvp_lam_tiny rows start from LAPA's own bottleneck (4 "
-        "tokens x 8 codes, 16 dims per token; the presets' before this screening) and change what the lever says. "
+        "tokens x 8 codes, 16 dims per token; the presets' before this screening) and change what the lever says; "
+        "the genie_tiny rows start from Genie's own encoder side (learned-query readout, VQ; the preset's before "
+        "this screening). "
         "Probe: the online ridge probe's NMSE on the validation episodes at the last step "
         "(1 = no better than the mean), from the continuous latent and from the one-hot tokens; per dim for the "
         "continuous latent in the order dx / dy / dz / gripper. One seed: a screening, not a comparison "
