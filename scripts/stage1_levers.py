@@ -26,8 +26,9 @@ COMMON = ["data.dataset=null", "data.gap.seconds=0.2", "time_limit_s=0", "log_ev
 # LAPA's own bottleneck (4 tokens x 8 codes, 16 dims per token): lapa_tiny's and mvp_lam_tiny's before
 # this screening moved them to 16 x 16 x 64. Their levers start from it, so each row changes one thing.
 PAPER_BOTTLENECK = ["model.quantizer.num_tokens=4", "model.quantizer.codebook_size=8", "model.quantizer.code_dim=16"]
-# Genie's own encoder side (learned-query readout, VQ): genie_tiny's before this screening; its levers start from it
-GENIE_OWN = ["model.encoder.readout=queries", "model.quantizer.kind=vq"]
+# Genie's and UniVLA's own encoder side (learned-query readout, VQ): genie_tiny's and univla_tiny's before this
+# screening; their levers start from it
+OWN_READOUT_VQ = ["model.encoder.readout=queries", "model.quantizer.kind=vq"]
 LIGHT = "objectives=[{kind: reconstruction, weight: 1.0, options: {views: random}}, {kind: action, weight: 0.05, options: {fraction: 0.05}}]"
 CYCLE = ("objectives=[{{kind: reconstruction, weight: 1.0, options: {{views: random}}}}, {{kind: cycle, weight: {w}, options: "
          "{{views: random, buffer_batches: 4, discriminator: {disc}, adversarial_weight: 0.1, adversarial_start: 200}}}}]")
@@ -81,13 +82,15 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
     ("c_start", "cyclemimic_tiny", [CYCLE.format(w=0.1, disc="local_global").replace("adversarial_start: 200", "adversarial_start: 250, start: 250")],
      "cycle 0.1 from step 250 (reconstruction alone before)"),
     ("c_nodisc", "cyclemimic_tiny", [CYCLE.format(w=0.1, disc="none")], "cycle without a discriminator"),
-    ("u_base", "univla_tiny", [], "UniVLA-style preset as is"),
+    ("u_base", "univla_tiny", [], "UniVLA's own choices: learned-query readout, VQ"),
     ("u_cos", "univla_tiny", ["model.quantizer.lookup=cosine"], "cosine lookup"),
     ("u_ent", "univla_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.01"], "cosine + usage entropy 0.01"),
     ("u_mq", "univla_tiny", ["model.encoder.readout=motion_queries"], "readout: queries over o_t and e2 - e1"),
     ("u_std", "univla_tiny", ["model.quantizer.lookup=standardized"], "standardized lookup (z centred and scaled per dim)"),
     ("u_warm", "univla_tiny", ["model.quantizer.warmup_steps=200"], "decoder reads continuous z for the first 200 steps"),
     ("u_diff", "univla_tiny", ["model.encoder.readout=difference"], "readout: e2 - e1 pooled (LAPA's) instead of queries"),
+    ("u_nsvq", "univla_tiny", ["model.quantizer.kind=nsvq"], "NSVQ instead of VQ"),
+    ("u_diff_nsvq", "univla_tiny", ["model.encoder.readout=difference", "model.quantizer.kind=nsvq"], "e2 - e1 readout + NSVQ (Genie-tiny's fix)"),
 ]
 
 
@@ -103,7 +106,7 @@ def benchmark_cache() -> Path:
 def train(name: str, preset: str, overrides: list[str], cache: Path) -> None:
     if (OUT / name / "summary.json").is_file():
         return
-    base = PAPER_BOTTLENECK if preset in ("lapa_tiny", "mvp_lam_tiny") else GENIE_OWN if preset == "genie_tiny" else []
+    base = PAPER_BOTTLENECK if preset in ("lapa_tiny", "mvp_lam_tiny") else OWN_READOUT_VQ if preset in ("genie_tiny", "univla_tiny") else []
     cmd = [str(ROOT / ".venv" / "bin" / "openlam"), "train", f"configs/{preset}.yaml", f"out={OUT / name}", f"data.cache={cache}",
            *COMMON, *base, *overrides]
     print("+", " ".join(cmd), flush=True)
@@ -171,8 +174,8 @@ def main() -> None:
         "Codes: used of the codebook, pooled over token positions, on validation pairs; "
         "perplexity of that pooled usage. The lapa_tiny and mvp_lam_tiny rows start from LAPA's own bottleneck (4 "
         "tokens x 8 codes, 16 dims per token; the presets' before this screening) and change what the lever says; "
-        "the genie_tiny rows start from Genie's own encoder side (learned-query readout, VQ; the preset's before "
-        "this screening). "
+        "the genie_tiny and univla_tiny rows start from their papers' own encoder side (learned-query readout, VQ; "
+        "the presets' before this screening). "
         "Probe: the online ridge probe's NMSE on the validation episodes at the last step "
         "(1 = no better than the mean), from the continuous latent and from the one-hot tokens; per dim for the "
         "continuous latent in the order dx / dy / dz / gripper. One seed: a screening, not a comparison "
