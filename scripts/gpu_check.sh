@@ -4,6 +4,7 @@
 #      and eager at a larger batch; sections land in docs/benchmarks.md.
 #   2. a stage-1 run through the real CLI on CUDA with bf16 + compile, stopped half-way and resumed.
 #   3. the same through torchrun (NCCL process group, one rank).
+#   4. the CycleMimic and Motion-Focused tiny presets (extra decoder passes, a second optimiser).
 # Usage: OUT=runs/gpu_check bash scripts/gpu_check.sh   (PY picks the interpreter, default python3)
 # Logs go to OUT; data and runs to WORK (default /tmp/openlam_gpu_check), so OUT stays a few files.
 # About 6 min on an H200, most of it compiling.
@@ -43,5 +44,11 @@ $PY -m openlam train "${TRAIN[@]}" "out=$WORK/run" steps=$((STEPS / 2)) 2>&1 | t
 $PY -m openlam train --resume "${TRAIN[@]}" "out=$WORK/run" steps=$STEPS 2>&1 | tee -a "$OUT/train.log"; ok "train resumed" $?
 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m openlam train "${TRAIN[@]}" "out=$WORK/ddp" steps=$((STEPS / 2)) compile=false \
   2>&1 | tee -a "$OUT/train.log"; ok "torchrun (1 rank)" $?
+# the objectives with extra decoder passes and their own optimiser step, compiled
+for preset in cyclemimic_tiny motion_focused_tiny; do
+  $PY -m openlam train "configs/$preset.yaml" "data.dataset=$DATA" data.workers=4 "device=$DEVICE" log_every=25 preview_every=0 \
+    ckpt_every=$STEPS time_limit_s=0 batch_size=64 "out=$WORK/$preset" steps=$((STEPS / 2)) \
+    $([ "$DEVICE" = cuda ] && echo precision=bf16 compile=true) 2>&1 | tee -a "$OUT/train.log"; ok "train $preset" $?
+done
 cp docs/benchmarks.md "$OUT/benchmarks.md" 2>/dev/null
 cat "$OUT/summary.txt"

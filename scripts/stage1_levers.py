@@ -26,7 +26,12 @@ COMMON = ["data.dataset=null", "data.gap.seconds=0.2", "time_limit_s=0", "log_ev
 # LAPA's own bottleneck (4 tokens x 8 codes, 16 dims per token): lapa_tiny's and mvp_lam_tiny's before
 # this screening moved them to 16 x 16 x 64. Their levers start from it, so each row changes one thing.
 PAPER_BOTTLENECK = ["model.quantizer.num_tokens=4", "model.quantizer.codebook_size=8", "model.quantizer.code_dim=16"]
+# Genie's and UniVLA's own encoder side (learned-query readout, VQ): genie_tiny's and univla_tiny's before this
+# screening; their levers start from it
+OWN_READOUT_VQ = ["model.encoder.readout=queries", "model.quantizer.kind=vq"]
 LIGHT = "objectives=[{kind: reconstruction, weight: 1.0, options: {views: random}}, {kind: action, weight: 0.05, options: {fraction: 0.05}}]"
+CYCLE = ("objectives=[{{kind: reconstruction, weight: 1.0, options: {{views: random}}}}, {{kind: cycle, weight: {w}, options: "
+         "{{views: random, buffer_batches: 4, discriminator: {disc}, adversarial_weight: 0.1, adversarial_start: 200}}}}]")
 
 # (run name, preset, overrides, what it tests)
 LEVERS: list[tuple[str, str, list[str], str]] = [
@@ -47,7 +52,7 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
     ("s_gr", "lapa_tiny", ["data.gap.max_seconds=0.4"], "random gap 0.2-0.4 s (multi-step inverse dynamics)"),
     ("s_ls05", "lapa_tiny", [LIGHT], "light supervision: action head on 5% of train episodes, weight 0.05"),
     ("s_mvp", "mvp_lam_tiny", [], "cross-view reconstruction (MVP-LAM)"),
-    ("g_base", "genie_tiny", [], "Genie-style preset as is"),
+    ("g_base", "genie_tiny", [], "Genie's own choices: learned-query readout, VQ"),
     ("g_cos", "genie_tiny", ["model.quantizer.lookup=cosine"], "cosine lookup"),
     ("g_ent", "genie_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.01"], "cosine + usage entropy 0.01"),
     ("g_ent05", "genie_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.05"], "cosine + usage entropy 0.05"),
@@ -71,13 +76,21 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
      "e2 - e1 readout + stop-gradient on the context + NSVQ (LAPA's encoder side, Genie's additive decoder)"),
     ("g_diff_sg_xattn", "genie_tiny", ["model.encoder.readout=difference", "model.decoder.stop_grad_context=true", "model.decoder.kind=cross_attn"],
      "e2 - e1 readout + stop-gradient + cross-attention decoder (VQ kept)"),
-    ("u_base", "univla_tiny", [], "UniVLA-style preset as is"),
+    ("c_base", "cyclemimic_tiny", [], "CycleMimic preset as is (LAPA-style model, reconstruction + cycle 0.1, buffer 4, local-global discriminator)"),
+    ("c_w001", "cyclemimic_tiny", [CYCLE.format(w=0.01, disc="local_global")], "cycle weight 0.01"),
+    ("c_ent", "cyclemimic_tiny", ["model.quantizer.entropy_weight=0.01"], "cycle 0.1 + codebook-usage entropy 0.01"),
+    ("c_start", "cyclemimic_tiny", [CYCLE.format(w=0.1, disc="local_global").replace("adversarial_start: 200", "adversarial_start: 250, start: 250")],
+     "cycle 0.1 from step 250 (reconstruction alone before)"),
+    ("c_nodisc", "cyclemimic_tiny", [CYCLE.format(w=0.1, disc="none")], "cycle without a discriminator"),
+    ("u_base", "univla_tiny", [], "UniVLA's own choices: learned-query readout, VQ"),
     ("u_cos", "univla_tiny", ["model.quantizer.lookup=cosine"], "cosine lookup"),
     ("u_ent", "univla_tiny", ["model.quantizer.lookup=cosine", "model.quantizer.entropy_weight=0.01"], "cosine + usage entropy 0.01"),
     ("u_mq", "univla_tiny", ["model.encoder.readout=motion_queries"], "readout: queries over o_t and e2 - e1"),
     ("u_std", "univla_tiny", ["model.quantizer.lookup=standardized"], "standardized lookup (z centred and scaled per dim)"),
     ("u_warm", "univla_tiny", ["model.quantizer.warmup_steps=200"], "decoder reads continuous z for the first 200 steps"),
     ("u_diff", "univla_tiny", ["model.encoder.readout=difference"], "readout: e2 - e1 pooled (LAPA's) instead of queries"),
+    ("u_nsvq", "univla_tiny", ["model.quantizer.kind=nsvq"], "NSVQ instead of VQ"),
+    ("u_diff_nsvq", "univla_tiny", ["model.encoder.readout=difference", "model.quantizer.kind=nsvq"], "e2 - e1 readout + NSVQ (Genie-tiny's fix)"),
 ]
 
 
@@ -93,7 +106,7 @@ def benchmark_cache() -> Path:
 def train(name: str, preset: str, overrides: list[str], cache: Path) -> None:
     if (OUT / name / "summary.json").is_file():
         return
-    base = PAPER_BOTTLENECK if preset in ("lapa_tiny", "mvp_lam_tiny") else []
+    base = PAPER_BOTTLENECK if preset in ("lapa_tiny", "mvp_lam_tiny") else OWN_READOUT_VQ if preset in ("genie_tiny", "univla_tiny") else []
     cmd = [str(ROOT / ".venv" / "bin" / "openlam"), "train", f"configs/{preset}.yaml", f"out={OUT / name}", f"data.cache={cache}",
            *COMMON, *base, *overrides]
     print("+", " ".join(cmd), flush=True)
@@ -160,7 +173,9 @@ def main() -> None:
         "but another pair's latent, over the error with its own (about 1: the decoder does without the latent). "
         "Codes: used of the codebook, pooled over token positions, on validation pairs; "
         "perplexity of that pooled usage. The lapa_tiny and mvp_lam_tiny rows start from LAPA's own bottleneck (4 "
-        "tokens x 8 codes, 16 dims per token; the presets' before this screening) and change what the lever says. "
+        "tokens x 8 codes, 16 dims per token; the presets' before this screening) and change what the lever says; "
+        "the genie_tiny and univla_tiny rows start from their papers' own encoder side (learned-query readout, VQ; "
+        "the presets' before this screening). "
         "Probe: the online ridge probe's NMSE on the validation episodes at the last step "
         "(1 = no better than the mean), from the continuous latent and from the one-hot tokens; per dim for the "
         "continuous latent in the order dx / dy / dz / gripper. One seed: a screening, not a comparison "

@@ -98,6 +98,8 @@ def test_head_width_follows_the_quantizer():
     model = LatentActionModel(from_dict(LAMConfig, cfg))
 
     class Data:
+        views = ["view0"]
+
         def pairs_per_episode(self):
             return {0: 3, 1: 3}
 
@@ -107,7 +109,7 @@ def test_head_width_follows_the_quantizer():
     class Cache:
         action_space = object()
 
-    obj = ActionSupervision(ActionConfig(views="first"), objective_context(model, Cache(), Data()))
+    obj = ActionSupervision(ActionConfig(views="first"), objective_context(model, Cache(), Data(), 2))
     loss, _ = obj(model, batch([0, 1]))
     assert obj.head.in_features == 2 * 3 and torch.isfinite(loss)
 

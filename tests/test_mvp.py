@@ -272,3 +272,22 @@ def test_experiments_share_one_generated_benchmark(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="benchmark file"):
         exp.write_text(f"arms: [{{name: a}}]\ngenerate: {tmp_path / 'missing.yaml'}\n")
         load_experiment(exp, [])
+
+
+def test_a_run_made_before_a_config_field_existed_is_still_this_experiments():
+    """An experiment reuses a finished run whose recorded config lacks a field added since (it ran
+    with that field's default); a changed value or a field that no longer exists is another run."""
+    from openlam.config import to_dict
+    from openlam.experiment import _as_current
+    from openlam.train.config import TrainConfig
+
+    now = {"train": to_dict(TrainConfig()), "data": {"k": 1}}
+    old = json.loads(json.dumps(now))
+    del old["train"]["model"]["quantizer"]["warmup_steps"]
+    assert _as_current(old) == now
+    changed = json.loads(json.dumps(now))
+    changed["train"]["model"]["quantizer"]["num_tokens"] = 5
+    assert _as_current(changed) != now
+    gone = json.loads(json.dumps(now))
+    gone["train"]["model"]["quantizer"]["removed_field"] = 1
+    assert _as_current(gone) is None

@@ -153,6 +153,18 @@ def arm_eval_config(cfg: ExperimentConfig, arm: ArmConfig) -> EvalConfig:
     return ecfg
 
 
+def _as_current(key: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's recorded key with its train config read by today's TrainConfig: a field added since
+    the run was made takes its default (which the run had in effect); None if it no longer reads."""
+    from openlam.errors import ConfigError
+    from openlam.train.config import TrainConfig
+
+    try:
+        return {**key, "train": to_dict(from_dict(TrainConfig, key.get("train")))}
+    except ConfigError:
+        return None
+
+
 def _train_and_eval(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Path, out: Path,
                     ceiling: Path | None = None) -> tuple[Path, float, float]:
     """Train (or resume, or reuse a finished run made from the same config) and evaluate one run,
@@ -167,7 +179,7 @@ def _train_and_eval(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Pat
     tcfg = _train_config(cfg, arm, seed, cache, out)
     run = Path(tcfg.out)
     key_path, key = run / "experiment_run.json", {"train": to_dict(tcfg), "data": data_key(cfg)}
-    if key_path.is_file() and json.loads(key_path.read_text()) != key:
+    if key_path.is_file() and _as_current(json.loads(key_path.read_text())) != key:
         raise OpenLAMError(f"{run}: made by another experiment config (see {key_path}); remove it or choose another out")
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(key_path, key)

@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from openlam.data.pairs import PairBatch
 from openlam.models.lam import LatentActionModel
 from openlam.objectives import build_objective
+from openlam.objectives.base import ObjectiveContext
 from openlam.train.config import TrainConfig
 
 
@@ -70,7 +71,8 @@ def synthetic_batch(cfg: TrainConfig, device: torch.device, views: int = 1) -> P
     g = torch.Generator().manual_seed(0)
     S, B = cfg.model.image_size, cfg.batch_size
     frames = {f"v{i}": torch.randint(0, 256, (B, 2, 3, S, S), generator=g, dtype=torch.uint8) for i in range(views)}
-    batch = PairBatch(frames=frames, masks={}, action=None, language=[""] * B, episode=torch.arange(B),
+    masks = {v: torch.rand(B, 2, S, S, generator=g) < 0.1 for v in frames}  # for mask-guided objectives
+    batch = PairBatch(frames=frames, masks=masks, action=None, language=[""] * B, episode=torch.arange(B),
                       t=torch.zeros(B, dtype=torch.long), gap=torch.ones(B, dtype=torch.long), views=list(frames))
     return batch.to(device)
 
@@ -79,8 +81,14 @@ def bench_train(cfg: TrainConfig, steps: int = 10, warmup: int = 3, device: str 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     torch.manual_seed(0)
     model = LatentActionModel(cfg.model).to(dev)
-    objective = build_objective(cfg.objectives).to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
+    m = cfg.model
+    grid = model.encoder.grid
+    context = ObjectiveContext({0: cfg.batch_size}, latent_dim=m.quantizer.num_tokens * model.quantizer.code_dim, batch_size=cfg.batch_size,
+                               views=["v0"], num_tokens=m.quantizer.num_tokens,
+                               target_shape=(3, m.image_size, m.image_size) if m.target == "pixels" else (grid[0] * grid[1], model.encoder.feat_dim))
+    objective = build_objective(cfg.objectives, context).to(dev)
+    # one optimiser over everything that trains (an objective's heads and discriminator too)
+    params = [p for p in [*model.parameters(), *objective.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
     net = torch.compile(model) if cfg.compile else model
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")

@@ -6,7 +6,9 @@ Layouts (an episode per entry, detected from the folder contents):
   root/ep/<camera>.mp4 ...           one multi-view episode per folder of videos (camera = stem)
   root/ep/<camera>/frame_0001.png    one multi-view episode per folder of image folders
 A single video file path is also accepted. Optional `<episode>.txt` (next to a video) or
-`instruction.txt` (inside an episode folder) holds the language instruction.
+`instruction.txt` (inside an episode folder) holds the language instruction. Optional foreground
+masks (e.g. the robot or hand, for the Motion-Focused objective): a video `<stem>.mask.<ext>` beside
+a video (white = foreground), for every episode of that camera or none.
 Image sequences have no frame rate, so `fps` must be given for them.
 """
 
@@ -31,6 +33,19 @@ IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 def _is_video(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in VIDEO_EXT
+
+
+def _is_mask(p: Path) -> bool:
+    return _is_video(p) and p.stem.endswith(".mask")
+
+
+def _mask_of(video: Path) -> Path | None:
+    """The mask video beside a video (<stem>.mask.<any video ext>), if there is one."""
+    for ext in sorted(VIDEO_EXT):
+        m = video.with_name(f"{video.stem}.mask{ext}")
+        if m.is_file():
+            return m
+    return None
 
 
 SIDECAR_EXT = {".txt", ".json", ".md"}
@@ -68,7 +83,7 @@ class FolderSource(EpisodeSource):
             if stray:
                 raise DataError(root, "files", f"only videos ({', '.join(sorted(VIDEO_EXT))}), episode folders and .txt sidecars", f"unrecognised {stray[:5]}")
             for p in sorted(root.iterdir(), key=natural_key):
-                if p.name.startswith("."):
+                if p.name.startswith(".") or _is_mask(p):
                     continue
                 if _is_video(p):
                     self.entries.append((p.stem, {camera: p}, self._sidecar(p.with_suffix(".txt"))))
@@ -80,8 +95,22 @@ class FolderSource(EpisodeSource):
         if len(cam_sets) != 1:
             raise DataError(root, "cameras", "the same camera set in every episode", f"{sorted(cam_sets)}")
         self.cameras = sorted(next(iter(cam_sets)))
+        self.mask_cameras = self._find_masks()
         self.episodes = [self._info(i, e) for i, e in enumerate(self.entries)]
         self.splits = make_splits(self.episodes, self.cameras, split_config or SplitConfig())
+
+    def _find_masks(self) -> list[str]:
+        """Cameras whose every episode has a mask video; some but not all is an error."""
+        out = []
+        for cam in self.cameras:
+            have = [isinstance(v[cam], Path) and _mask_of(v[cam]) is not None for _, v, _ in self.entries]  # type: ignore[arg-type]
+            if all(have):
+                out.append(cam)
+            elif any(have):
+                lacking = [name for (name, _, _), h in zip(self.entries, have) if not h]
+                raise DataError(self.path, f"masks of camera '{cam}'", "a <stem>.mask.<ext> video beside every episode's video, or none",
+                                f"missing for {lacking[:5]}{' ...' if len(lacking) > 5 else ''}")
+        return out
 
     @staticmethod
     def _sidecar(p: Path) -> str:
@@ -92,7 +121,7 @@ class FolderSource(EpisodeSource):
         stray = _unrecognised(d, VIDEO_EXT | IMAGE_EXT)
         if stray:
             raise DataError(d, "files", "videos, images and .txt sidecars only", f"unrecognised {stray[:5]}")
-        videos = [p for p in sorted(d.iterdir()) if _is_video(p)]
+        videos = [p for p in sorted(d.iterdir()) if _is_video(p) and not _is_mask(p)]
         if videos:
             return d.name, {p.stem: p for p in videos}, lang
         images = _images(d)
@@ -136,9 +165,17 @@ class FolderSource(EpisodeSource):
             else:
                 frames[cam], vfps = decode_all(src, size=size, crop=crop)
                 fps = self.given_fps or vfps
+        masks: dict[str, np.ndarray] = {}
+        for cam in (c for c in cams if c in self.mask_cameras):
+            path = _mask_of(views[cam])  # type: ignore[arg-type]
+            assert path is not None
+            m, _ = decode_all(path, size=size, crop=crop)
+            if m.shape[0] != frames[cam].shape[0]:
+                raise DataError(path, "frame count", f"{frames[cam].shape[0]} frames, as in {views[cam]}", str(m.shape[0]))
+            masks[cam] = m.mean(-1) > 127
         lengths = {c: f.shape[0] for c, f in frames.items()}
         if len(set(lengths.values())) > 1:
             raise DataError(self.path / name, "frame counts", "the same number of decoded frames in every camera", str(lengths))
-        ep = Episode(frames=frames, fps=fps, language=lang, metadata=dict(self.episodes[index].metadata))
+        ep = Episode(frames=frames, fps=fps, language=lang, masks=masks, metadata=dict(self.episodes[index].metadata))
         ep.validate(str(self.path / name))
         return ep

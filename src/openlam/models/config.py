@@ -80,9 +80,19 @@ class LAMConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    # a second bottleneck for what changes besides the action (Motion-Focused LAM's background
+    # codebook): num_tokens learned queries read the same hidden states, quantized by their own
+    # codebook, and the decoder reads them beside the action tokens. The latent action (labels,
+    # evaluation) stays the action tokens. null: none
+    background: QuantizerConfig | None = None
 
     def validate(self) -> None:
-        e, q, d = self.encoder, self.quantizer, self.decoder
+        e, d = self.encoder, self.decoder
+        for name, q in (("quantizer", self.quantizer), ("background", self.background)):
+            if q is not None:
+                _validate_quantizer(q, f"model.{name}")
+        if self.background is not None and d.kind == "additive":
+            raise ConfigError("model.background needs a decoder that reads a variable set of tokens (cross_attn or in_context), not additive")
         if e.kind == "pixel" and self.image_size % e.patch:
             raise ConfigError(f"model.image_size ({self.image_size}) must be a multiple of model.encoder.patch ({e.patch})")
         if self.target == "features" and e.kind != "backbone":
@@ -90,19 +100,10 @@ class LAMConfig:
         for name, dim, heads in (("encoder", e.dim, e.heads), ("decoder", d.dim, d.heads)):
             if dim % heads:
                 raise ConfigError(f"model.{name}.dim ({dim}) must be divisible by model.{name}.heads ({heads})")
-        if q.entropy_weight < 0 or q.entropy_temperature <= 0:
-            raise ConfigError("model.quantizer: entropy_weight must be >= 0 and entropy_temperature > 0")
-        if q.kind == "fsq" and (q.lookup != "euclidean" or q.entropy_weight):
-            raise ConfigError("model.quantizer.lookup (cosine, standardized) and entropy_weight need a codebook (vq, ema_vq, nsvq), not fsq")
-        if q.kind == "fsq":
-            if any(level < 2 for level in q.fsq_levels):
-                raise ConfigError(f"model.quantizer.fsq_levels must all be >= 2, got {q.fsq_levels}")
-        elif q.codebook_size < 2:
-            raise ConfigError(f"model.quantizer.codebook_size must be >= 2, got {q.codebook_size}")
-        if q.warmup_steps < 0 or (q.kind == "fsq" and q.warmup_steps):
-            raise ConfigError(f"model.quantizer.warmup_steps must be >= 0 and needs a codebook (vq, ema_vq, nsvq), got {q.warmup_steps} for {q.kind}")
-        if q.num_tokens < 1:
-            raise ConfigError("model.quantizer.num_tokens must be >= 1")
+
+    @property
+    def background_tokens(self) -> int:
+        return self.background.num_tokens if self.background is not None else 0
 
     @property
     def codebook_size(self) -> int:
@@ -113,3 +114,19 @@ class LAMConfig:
                 n *= level
             return n
         return q.codebook_size
+
+
+def _validate_quantizer(q: QuantizerConfig, name: str) -> None:
+    if q.entropy_weight < 0 or q.entropy_temperature <= 0:
+        raise ConfigError(f"{name}: entropy_weight must be >= 0 and entropy_temperature > 0")
+    if q.kind == "fsq" and (q.lookup != "euclidean" or q.entropy_weight):
+        raise ConfigError(f"{name}.lookup (cosine, standardized) and entropy_weight need a codebook (vq, ema_vq, nsvq), not fsq")
+    if q.kind == "fsq":
+        if any(level < 2 for level in q.fsq_levels):
+            raise ConfigError(f"{name}.fsq_levels must all be >= 2, got {q.fsq_levels}")
+    elif q.codebook_size < 2:
+        raise ConfigError(f"{name}.codebook_size must be >= 2, got {q.codebook_size}")
+    if q.warmup_steps < 0 or (q.kind == "fsq" and q.warmup_steps):
+        raise ConfigError(f"{name}.warmup_steps must be >= 0 and needs a codebook (vq, ema_vq, nsvq), got {q.warmup_steps} for {q.kind}")
+    if q.num_tokens < 1:
+        raise ConfigError(f"{name}.num_tokens must be >= 1")

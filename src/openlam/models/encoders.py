@@ -32,9 +32,9 @@ def _grid(k: int) -> tuple[int, int]:
 class Readout(nn.Module):
     """Turns per-frame token grids (B, 2, N, D) into K action tokens (B, K, D)."""
 
-    def __init__(self, cfg: EncoderConfig, num_tokens: int, grid: tuple[int, int]):
+    def __init__(self, cfg: EncoderConfig, num_tokens: int, grid: tuple[int, int], kind: str | None = None):
         super().__init__()
-        self.kind = cfg.readout
+        self.kind = kind or cfg.readout
         self.k = num_tokens
         self.grid = grid
         if self.kind in ("queries", "motion_queries"):
@@ -73,6 +73,8 @@ class STTrunk(nn.Module):
         # gradient but float noise, which Adam amplifies), so it has none
         self.norm = nn.LayerNorm(e.dim, bias=e.readout != "difference")
         self.readout = Readout(e, cfg.quantizer.num_tokens, grid)
+        # Motion-Focused LAM: a second, learned query set for what changes besides the action
+        self.background_readout = Readout(e, cfg.background_tokens, grid, kind="queries") if cfg.background_tokens else None
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (with position embedding) -> per-frame hidden states after the ST blocks."""
@@ -82,7 +84,10 @@ class STTrunk(nn.Module):
         return x
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.norm(self.hidden(tokens)))
+        """(B, K, D) action tokens, followed by the background tokens when the model has them."""
+        h = self.norm(self.hidden(tokens))
+        out = self.readout(h)
+        return out if self.background_readout is None else torch.cat([out, self.background_readout(h)], 1)
 
 
 class PixelSTEncoder(nn.Module):
@@ -182,8 +187,11 @@ class BackboneEncoder(nn.Module):
     def context(self, o_t: torch.Tensor) -> torch.Tensor:
         return self.embed(self.features(o_t[:, None]))[:, 0]
 
-    def forward(self, pair: torch.Tensor, feats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.features(pair) if feats is None else feats
+    def forward(self, pair: torch.Tensor | None, feats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the frames (B, 2, 3, S, S), or from their backbone features when given."""
+        if feats is None:
+            assert pair is not None
+            feats = self.features(pair)
         tokens = self.embed(feats)
         return self.trunk(tokens), tokens[:, 0]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -54,6 +54,7 @@ class PairEncoding:
     quant: QuantOut
     context: torch.Tensor
     space: torch.Tensor  # (B, 2, ...) target space of (o_t, o_t+H)
+    background: QuantOut | None = None  # the background bottleneck's codes (Motion-Focused LAM)
 
 
 def normalize(frames: torch.Tensor) -> torch.Tensor:
@@ -69,11 +70,15 @@ class LatentActionModel(nn.Module):
         self.encoder = build_encoder(cfg)
         e = cfg.encoder
         self.quantizer = build_quantizer(e.dim, cfg.quantizer)
+        self.background_quantizer = build_quantizer(e.dim, cfg.background) if cfg.background is not None else None
         grid = self.encoder.grid
         self.patch = cfg.image_size // grid[0]
         out_dim = self.patch * self.patch * 3 if cfg.target == "pixels" else self.encoder.feat_dim
-        self.decoder = Decoder(cfg.decoder, self.encoder.context_dim, e.dim, cfg.quantizer.num_tokens, grid[0] * grid[1], out_dim)
-        for m in (self.encoder, self.quantizer, self.decoder):
+        self.decoder = Decoder(cfg.decoder, self.encoder.context_dim, e.dim, cfg.quantizer.num_tokens, grid[0] * grid[1], out_dim,
+                               cfg.background_tokens)
+        for m in (self.encoder, self.quantizer, self.background_quantizer, self.decoder):
+            if m is None:
+                continue
             for name, child in m.named_children():
                 if name != "backbone":
                     init_weights(child)
@@ -98,17 +103,35 @@ class LatentActionModel(nn.Module):
         assert feats is not None
         return F.layer_norm(feats, feats.shape[-1:])
 
-    def _predict(self, context: torch.Tensor, z_q: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
-        out = self.decoder(context, z_q)
+    def _predict(self, context: torch.Tensor, z_q: torch.Tensor, base: torch.Tensor | None, background: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.decoder(context, z_q, background)
         out = self._unpatchify(out) if self.cfg.target == "pixels" else out
         return out + base if self.cfg.predict_residual else out
 
     def forward(self, pair: torch.Tensor, swaps: list[torch.Tensor] | tuple[torch.Tensor, ...] = ()) -> LAMOutput:
         """pair: (B, 2, 3, S, S) float in [-1, 1] -> prediction of o_t+H, its target, the codes.
-        swaps: (B,) row indices; for each, row i is also predicted with row swaps[i]'s latent."""
+        swaps: (B,) row indices; for each, row i is also predicted with row swaps[i]'s latent.
+        With a background bottleneck the prediction reads both token sets (a swap exchanges the
+        action tokens only) and quant.loss holds both quantizers' losses."""
         enc = self.encode_pair(pair)
         z = enc.quant.z_q
-        return LAMOutput(self.predict(enc, z), enc.space[:, 1], enc.quant, [self.predict(enc, z[idx]) for idx in swaps])
+        quant = enc.quant if enc.background is None else replace(enc.quant, loss=enc.quant.loss + enc.background.loss)
+        return LAMOutput(self.predict(enc, z), enc.space[:, 1], quant, [self.predict(enc, z[idx]) for idx in swaps])
+
+    def _split(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encoder tokens -> (action tokens, background tokens or None)."""
+        k = self.cfg.quantizer.num_tokens
+        return (tokens, None) if self.background_quantizer is None else (tokens[:, :k], tokens[:, k:])
+
+    @torch.no_grad()
+    def restart_dead_codes(self, step: int) -> torch.Tensor:
+        """After training step `step` (1-based): each bottleneck whose restart_every divides it
+        restarts its dead codes. The number of codes restarted (a tensor: no host sync)."""
+        n = torch.zeros((), device=self.quantizer.usage.device)
+        for q in (self.quantizer, self.background_quantizer):
+            if q is not None and q.cfg.restart_every > 0 and step % q.cfg.restart_every == 0:
+                n = n + q.restart_dead_codes()
+        return n
 
     def _encode_tokens(self, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Continuous action tokens, o_t's context tokens and the frozen features (backbone only)."""
@@ -118,19 +141,53 @@ class LatentActionModel(nn.Module):
 
     def encode_pair(self, pair: torch.Tensor) -> PairEncoding:
         tokens, ctx, feats = self._encode_tokens(pair)
-        return PairEncoding(self._quantize(tokens), ctx, self._target_space(pair, feats))
+        action, background = self._split(tokens)
+        bg = None
+        if background is not None and self.background_quantizer is not None:
+            with torch.autocast(background.device.type, enabled=False):
+                bg = self.background_quantizer(background.float())
+        return PairEncoding(self._quantize(action), ctx, self._target_space(pair, feats), bg)
 
     def encode_continuous(self, pair: torch.Tensor) -> torch.Tensor:
         """(B, K, code_dim) pre-quantization embedding of pairs, without the quantizer's side effects
         (usage counts, dead-code restarts, data init): for an objective that reads the latent of
         some rows beside the one that trains the quantizer on the whole batch."""
-        tokens = self._encode_tokens(pair)[0]
+        tokens = self._split(self._encode_tokens(pair)[0])[0]
         with torch.autocast(tokens.device.type, enabled=False):
             return self.quantizer.continuous(tokens.float())
 
-    def predict(self, enc: PairEncoding, z_q: torch.Tensor) -> torch.Tensor:
-        """Prediction of o_t+H from enc's o_t (context) and the quantized latent z_q (B, K, D)."""
-        return self._predict(enc.context, z_q, enc.space[:, 0])
+    def target_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S) float frames -> what the decoder predicts for each: the frames, or their
+        normalised backbone features (B, T, N, F)."""
+        feats = self.encoder.features(frames) if self.uses_backbone else None
+        return self._target_space(frames, feats)
+
+    def encode_generated(self, o_t: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+        """(B, K, code_dim) pre-quantization embedding of (o_t, a generated o_t+H): the encoder
+        re-reading what the decoder made (CycleMimic's cycle), without quantizer side effects.
+        generated is in target space: pixels, or normalised features, which go back to the
+        encoder's input scale with o_t's per-patch statistics (the residual prediction is made
+        around o_t's features, so theirs is the scale it lives at)."""
+        if not self.uses_backbone:
+            return self.encode_continuous(torch.stack([o_t, generated], 1))
+        f_t = self.encoder.features(o_t[:, None])[:, 0]
+        mean, std = f_t.mean(-1, keepdim=True), f_t.var(-1, keepdim=True, unbiased=False).add(1e-5).sqrt()
+        feats = torch.stack([f_t, generated * std + mean], 1)
+        tokens = self._split(self.encoder(None, feats)[0])[0]
+        with torch.autocast(tokens.device.type, enabled=False):
+            return self.quantizer.continuous(tokens.float())
+
+    def predict(self, enc: PairEncoding, z_q: torch.Tensor, background: bool = True) -> torch.Tensor:
+        """Prediction of o_t+H from enc's o_t (context) and the quantized latent z_q (B, K, D), with
+        enc's background tokens when the model has them and `background` (False: the action path)."""
+        bg = enc.background.z_q if background and enc.background is not None else None
+        return self._predict(enc.context, z_q, enc.space[:, 0], bg)
+
+    def predict_background(self, enc: PairEncoding) -> torch.Tensor:
+        """Prediction of o_t+H from the background tokens alone: no o_t, no action, no residual."""
+        assert enc.background is not None, "the model has no background bottleneck (model.background)"
+        out = self.decoder(None, None, enc.background.z_q)
+        return self._unpatchify(out) if self.cfg.target == "pixels" else out
 
     def _quantize(self, tokens: torch.Tensor) -> QuantOut:
         """Nearest-code search and codebook statistics in fp32, outside any autocast region
@@ -139,11 +196,13 @@ class LatentActionModel(nn.Module):
             return self.quantizer(tokens.float())
 
     def encode(self, o_t: torch.Tensor, o_tH: torch.Tensor) -> QuantOut:
+        """The latent action of (o_t, o_t+H): the action tokens' codes."""
         tokens, _ = self.encoder(torch.stack([o_t, o_tH], 1))
-        return self._quantize(tokens)
+        return self._quantize(self._split(tokens)[0])
 
     def decode(self, o_t: torch.Tensor, action: QuantOut | torch.Tensor) -> torch.Tensor:
-        """Predict o_t+H from o_t and a latent action (a QuantOut, or codes (B, K) int64)."""
+        """Predict o_t+H from o_t and a latent action (a QuantOut, or codes (B, K) int64); with a
+        background bottleneck this is the action path (no background tokens)."""
         z_q = action.z_q if isinstance(action, QuantOut) else self.quantizer.embed_indices(action)
         feats = self.encoder.features(o_t[:, None]) if self.uses_backbone else None
         base = self._target_space(o_t[:, None], feats)[:, 0]

@@ -128,6 +128,13 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
     def embed_indices(self, idx: torch.Tensor) -> torch.Tensor:
         """Codes (B, K) -> decoder-ready tokens (B, K, D): how a stored latent action is replayed."""
 
+    @abc.abstractmethod
+    def code_logits(self, z_cont: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """(..., code_dim) pre-quantization embedding -> (..., codebook_size) logits -d(z, code) / T,
+        d the squared distance the lookup uses, with the codes held fixed: argmax is the code z
+        quantizes to, and a cross-entropy against a code index trains z (and what produced it)
+        towards that code (CycleMimic's action-centric cycle)."""
+
     def usage_fraction(self) -> torch.Tensor:
         """Fraction of codes in recent use (EMA share above 1/10 of a uniform share)."""
         return (self.usage > 0.1 / self.codebook_size).float().mean()
@@ -190,6 +197,11 @@ class _CodebookQuantizer(Quantizer):
 
     def embed_indices(self, idx: torch.Tensor) -> torch.Tensor:
         return self.proj_out(self._codes()[idx])
+
+    def code_logits(self, z_cont: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        cb = self._codes().detach()
+        d = z_cont.pow(2).sum(-1, keepdim=True) - 2 * z_cont @ cb.t() + cb.pow(2).sum(-1)
+        return -d / temperature
 
     def _distances(self, z: torch.Tensor) -> torch.Tensor:
         """Squared distances (rows of z, codes)."""
@@ -314,13 +326,28 @@ class FSQ(Quantizer):
         basis = torch.cumprod(torch.tensor([1] + levels[:-1], dtype=torch.int64), 0)
         self.register_buffer("basis", basis)
 
-    def forward(self, x: torch.Tensor) -> QuantOut:
-        z = self.proj_in(x)
-        # bound each dim to an interval holding exactly L integers: (-L/2, L/2) shifted by 1/2 for even L
+    def _bounded(self, z: torch.Tensor) -> torch.Tensor:
+        """Each dim squashed into an interval holding exactly L integers: (-L/2, L/2), shifted by
+        1/2 for even L."""
         half = (self.levels - 1) * (1 + 1e-3) / 2
         offset = torch.where(self.levels % 2 == 0, 0.5, 0.0)
         shift = torch.tan(offset / half)
-        bounded = torch.tanh(z + shift) * half - offset
+        return torch.tanh(z + shift) * half - offset
+
+    def _grid(self) -> torch.Tensor:
+        """(codebook_size, dims) every code as its rounded values, in index order."""
+        idx = torch.arange(self.codebook_size, device=self.levels.device)
+        width = torch.div(self.levels, 2, rounding_mode="floor")
+        return ((idx[:, None] // self.basis) % self.levels.long()) - width
+
+    def code_logits(self, z_cont: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        b, grid = self._bounded(z_cont), self._grid()  # rounding each dim = the nearest grid point
+        d = b.pow(2).sum(-1, keepdim=True) - 2 * b @ grid.t() + grid.pow(2).sum(-1)
+        return -d / temperature
+
+    def forward(self, x: torch.Tensor) -> QuantOut:
+        z = self.proj_in(x)
+        bounded = self._bounded(z)
         rounded = bounded + (torch.round(bounded) - bounded).detach()
         width = torch.div(self.levels, 2, rounding_mode="floor")
         digits = (torch.round(bounded) + width).long()  # 0 .. L-1 per dim

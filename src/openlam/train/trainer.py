@@ -59,10 +59,14 @@ class Trainee(torch.nn.Module):
         return self.objective(self.model, batch)
 
 
-def objective_context(model: LatentActionModel, cache: FrameCache, train_ds: PairDataset) -> ObjectiveContext:
+def objective_context(model: LatentActionModel, cache: FrameCache, train_ds: PairDataset, batch_size: int) -> ObjectiveContext:
+    grid = model.encoder.grid
+    shape = (3, model.cfg.image_size, model.cfg.image_size) if model.cfg.target == "pixels" else (grid[0] * grid[1], model.encoder.feat_dim)
     return ObjectiveContext(pairs_per_episode=train_ds.pairs_per_episode(),
                             latent_dim=model.cfg.quantizer.num_tokens * model.quantizer.code_dim,  # fsq: one dim per level
-                            action_stats=train_ds.action_stats if cache.action_space is not None else None)
+                            action_stats=train_ds.action_stats if cache.action_space is not None else None,
+                            batch_size=batch_size, views=list(train_ds.views), num_tokens=model.cfg.quantizer.num_tokens,
+                            target_shape=shape)
 
 
 def resolve_cache(cfg: TrainConfig, out: Path, main: bool, resume: bool = False) -> FrameCache:
@@ -118,10 +122,10 @@ def check_data_fits_model(cfg: TrainConfig, cache: FrameCache, train: PairDatase
         raise ConfigError(f"data.views: no camera selected from {cache.cameras}")
 
 
-def _param_groups(model: torch.nn.Module, wd: float) -> list[dict[str, Any]]:
+def _param_groups(model: torch.nn.Module, wd: float, exclude: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in exclude:
             continue
         (decay if p.ndim >= 2 and "pos" not in name and "codebook" not in name and "queries" not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
@@ -178,12 +182,19 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     if cfg.data.val_split in cache.splits and cache.splits[cfg.data.val_split]["episodes"]:
         val_ds = PairDataset(cache, cfg.data.val_split, train_ds.views, cfg.data.gap, seed=cfg.seed + 1)
     model = LatentActionModel(cfg.model).to(device)
-    objective = build_objective(cfg.objectives, objective_context(model, cache, train_ds)).to(device)
+    objective = build_objective(cfg.objectives, objective_context(model, cache, train_ds, cfg.batch_size)).to(device)
     trainee = Trainee(model, objective)
 
-    params = [p for p in trainee.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(_param_groups(trainee, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), fused=True)
+    # modules an objective trains by its own optimiser step (a discriminator) stay out of the LAM's;
+    # both step from one backward (their losses never reach each other's parameters)
+    aux_groups = objective.auxiliary_param_groups()
+    aux_params = [p for g in aux_groups for p in g["params"]]
+    params = [p for p in trainee.parameters() if p.requires_grad and id(p) not in {id(a) for a in aux_params}]
+    opt = torch.optim.AdamW(_param_groups(trainee, cfg.optim.weight_decay, {id(a) for a in aux_params}), lr=cfg.optim.lr,
+                            betas=tuple(cfg.optim.betas), fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    aux_opt = torch.optim.AdamW(aux_groups, fused=True) if aux_groups else None
+    aux_sched = torch.optim.lr_scheduler.LambdaLR(aux_opt, lr_lambda(cfg)) if aux_opt is not None else None
     ema = None
     if cfg.ema_decay > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -202,6 +213,11 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
             ema.n_averaged.fill_(tstate["ema_n"])
         opt.load_state_dict(tstate["optimizer"])
         sched.load_state_dict(tstate["scheduler"])
+        if aux_opt is not None and aux_sched is not None:
+            if "optimizer_aux" not in tstate:
+                raise OpenLAMError(f"{path}: the objectives train an auxiliary module but the checkpoint has no state for its optimiser")
+            aux_opt.load_state_dict(tstate["optimizer_aux"])
+            aux_sched.load_state_dict(tstate["scheduler_aux"])
         torch.set_rng_state(tstate["rng_cpu"])
         resumed_time = float(tstate.get("train_time_s", 0.0))
         if device.type == "cuda" and "rng_cuda" in tstate:
@@ -236,7 +252,6 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
             raise ConfigError(f"probe_every: the online probe needs actions and a '{cfg.data.val_split}' split with episodes in {cache.path}")
         n = -(-cfg.probe_pairs // 64)
         probe = OnlineProbe(_fixed_batches(train_ds, 64, n), _fixed_batches(val_ds, 64, n), cache.action_space.names, model.cfg.codebook_size)
-    restart_every = cfg.model.quantizer.restart_every
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     bad = torch.zeros((), dtype=torch.bool, device=device)
     restarted = torch.zeros((), device=device)  # dead codes re-seeded since the last flush
@@ -246,6 +261,8 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     def write_checkpoint(step: int) -> None:
         if info.main:
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(), "step": step}
+            if aux_opt is not None and aux_sched is not None:
+                state["optimizer_aux"], state["scheduler_aux"] = aux_opt.state_dict(), aux_sched.state_dict()
             if device.type == "cuda":
                 state["rng_cuda"] = torch.cuda.get_rng_state()
             if ema is not None:
@@ -314,15 +331,21 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
             loss, logs = net(batch)
         loss.backward()
         # the norm is always computed: a finite loss with non-finite gradients must also stop training
-        logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         lr = sched.get_last_lr()[0]
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if aux_opt is not None and aux_sched is not None:
+            logs["grad_norm_auxiliary"] = torch.nn.utils.clip_grad_norm_(aux_params, clip)
+            bad |= ~torch.isfinite(logs["grad_norm_auxiliary"])
+            aux_opt.step()
+            aux_sched.step()
+            aux_opt.zero_grad(set_to_none=True)
         if ema is not None:
             ema.update_parameters(model)
-        if restart_every > 0 and (step + 1) % restart_every == 0:
-            restarted += model.quantizer.restart_dead_codes()
+        restarted += model.restart_dead_codes(step + 1)
         bad |= ~torch.isfinite(loss.detach()) | ~torch.isfinite(logs["grad_norm"])
         window.append((step + 1, logs, lr))
         last_step = step + 1
