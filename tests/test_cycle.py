@@ -144,7 +144,7 @@ def test_cycle_learns_to_recover_sampled_codes(squares, tmp_path):
     ce = [r["cycle/cross_entropy"] for r in rows]
     rec = [r["cycle/recovered"] for r in rows]
     assert np.mean(ce[-40:]) < 0.6 * np.mean(ce[:5]), (ce[:5], ce[-40:])
-    assert np.mean(rec[-40:]) > 0.5 and np.mean(rec[:5]) < 0.3, (rec[:5], rec[-40:])
+    assert np.mean(rec[-40:]) > 0.5 and rec[0] < 0.3, (rec[:5], rec[-40:])  # from about chance (1 / 8) at step 1
     assert np.mean([r["cycle/foreign"] for r in rows[-20:]]) > 0.3  # most sampled tuples are not the row's own
 
 
