@@ -140,6 +140,43 @@ def latent_use(run: Path) -> float:
     return e["shuffled_latent_mse"] / e["recon_mse"]
 
 
+def token_usage(run: Path) -> tuple[int, int, float]:
+    """Codes used per token position (fewest, most) and the lowest per-position perplexity, on the
+    same validation pairs for every run (16 batches of 64, every camera); cached in token_usage.json.
+    The pooled count can hide positions that each use a few codes of their own."""
+    path = run / "token_usage.json"
+    if not path.is_file():
+        import torch
+
+        from openlam.config import load_config
+        from openlam.data.cache import FrameCache
+        from openlam.data.pairs import PairDataset
+        from openlam.models.lam import LatentActionModel, normalize
+        from openlam.train.config import TrainConfig
+        from openlam.train.trainer import _fixed_batches
+
+        cfg = load_config(TrainConfig, run / "config.yaml", [])
+        inputs = json.loads((run / "inputs.json").read_text())
+        val = PairDataset(FrameCache(Path(inputs["cache"])), cfg.data.val_split, inputs["views"], cfg.data.gap, seed=1)
+        model = LatentActionModel.from_pretrained(run / "model").eval()
+        idx = []
+        with torch.no_grad():
+            for b in _fixed_batches(val, 64, 16):
+                for v in b.views:
+                    x = normalize(b.frames[v])
+                    idx.append(model.encode(x[:, 0], x[:, 1]).indices)
+        codes = torch.cat(idx)
+        used, ppl = [], []
+        for k in range(codes.shape[1]):
+            c = torch.bincount(codes[:, k], minlength=model.quantizer.codebook_size).float()
+            p = c[c > 0] / c.sum()
+            used.append(int((c > 0).sum()))
+            ppl.append(float(torch.exp(-(p * p.log()).sum())))
+        path.write_text(json.dumps({"used_per_token": used, "perplexity_per_token": ppl}))
+    u = json.loads(path.read_text())
+    return min(u["used_per_token"]), max(u["used_per_token"]), min(u["perplexity_per_token"])
+
+
 def row(name: str, preset: str, overrides: list[str], what: str) -> str:
     s = json.loads((OUT / name / "summary.json").read_text())
     e, p = s["eval"], s.get("probe", {})
@@ -149,8 +186,10 @@ def row(name: str, preset: str, overrides: list[str], what: str) -> str:
 
     dims = " / ".join(f"{p[k]:.2f}" for k in sorted(p) if k.startswith("probe/nmse_continuous/"))
     shuffled = f"{e['shuffled_latent_mse'] / e['recon_mse'] if 'shuffled_latent_mse' in e else latent_use(OUT / name):.3f}"
+    lo, hi, ppl = token_usage(OUT / name)
+    per_token = f"{lo}/{e['codebook_size']}" if lo == hi else f"{lo}-{hi}/{e['codebook_size']}"
     return (f"| {name} | {preset} | {what} | {s['train_time_s']:.0f} | {e['recon_mse'] / e['copy_last_mse']:.3f} | {shuffled} | "
-            f"{e['codes_used']}/{e['codebook_size']} | {e['perplexity']:.2f} | {f('probe/nmse_continuous')} | "
+            f"{e['codes_used']}/{e['codebook_size']} | {e['perplexity']:.2f} | {per_token} | {ppl:.2f} | {f('probe/nmse_continuous')} | "
             f"{f('probe/nmse_onehot')} | {dims} |")
 
 
@@ -172,7 +211,8 @@ def main() -> None:
         "MSE (< 1 beats copy-last). Other latent / own: the same error when each pair is predicted from its own o_t "
         "but another pair's latent, over the error with its own (about 1: the decoder does without the latent). "
         "Codes: used of the codebook, pooled over token positions, on validation pairs; "
-        "perplexity of that pooled usage. The lapa_tiny and mvp_lam_tiny rows start from LAPA's own bottleneck (4 "
+        "perplexity of that pooled usage; per token: codes used at each token position (fewest-most) and the lowest "
+        "perplexity of a position, on 1,024 validation pairs of every camera. The lapa_tiny and mvp_lam_tiny rows start from LAPA's own bottleneck (4 "
         "tokens x 8 codes, 16 dims per token; the presets' before this screening) and change what the lever says; "
         "the genie_tiny and univla_tiny rows start from their papers' own encoder side (learned-query readout, VQ; "
         "the presets' before this screening). "
@@ -182,9 +222,9 @@ def main() -> None:
         "(differences under about 0.05 are within what a second seed could move). Train time is wall time on 2 cores "
         "and is only comparable between runs that had the machine to themselves.",
         "",
-        "| run | preset | lever | train s | recon / copy-last | other latent / own | codes | perplexity | probe continuous "
-        "| probe one-hot | continuous per dim |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | preset | lever | train s | recon / copy-last | other latent / own | codes | perplexity | codes per token "
+        "| perplexity per token (min) | probe continuous | probe one-hot | continuous per dim |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[row(*lv) for lv in have],
     ]
     missing = [lv[0] for lv in LEVERS if lv not in have]
