@@ -144,8 +144,7 @@ class LatentActionModel(nn.Module):
         action, background = self._split(tokens)
         bg = None
         if background is not None and self.background_quantizer is not None:
-            with torch.autocast(background.device.type, enabled=False):
-                bg = self.background_quantizer(background.float())
+            bg = self._quantize(background, self.background_quantizer)
         return PairEncoding(self._quantize(action), ctx, self._target_space(pair, feats), bg)
 
     def encode_continuous(self, pair: torch.Tensor) -> torch.Tensor:
@@ -189,11 +188,11 @@ class LatentActionModel(nn.Module):
         out = self.decoder(None, None, enc.background.z_q)
         return self._unpatchify(out) if self.cfg.target == "pixels" else out
 
-    def _quantize(self, tokens: torch.Tensor) -> QuantOut:
+    def _quantize(self, tokens: torch.Tensor, quantizer: nn.Module | None = None) -> QuantOut:
         """Nearest-code search and codebook statistics in fp32, outside any autocast region
-        (bf16 would mis-assign close codes and miscount usage)."""
+        (bf16 would mis-assign close codes and miscount usage); the action quantizer by default."""
         with torch.autocast(tokens.device.type, enabled=False):
-            return self.quantizer(tokens.float())
+            return (quantizer or self.quantizer)(tokens.float())
 
     def encode(self, o_t: torch.Tensor, o_tH: torch.Tensor) -> QuantOut:
         """The latent action of (o_t, o_t+H): the action tokens' codes."""

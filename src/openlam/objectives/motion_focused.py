@@ -23,6 +23,7 @@ from openlam.data.pairs import PairBatch
 from openlam.errors import ConfigError
 from openlam.models.quantizers import _distributed
 from openlam.objectives.base import Logs, Objective
+from openlam.objectives.reconstruction import select_views
 
 
 @dataclass
@@ -46,13 +47,7 @@ def _rows(batch: PairBatch, views: Literal["all", "random", "first"]) -> tuple[t
         raise ConfigError(f"motion_focused objective: no foreground masks for camera(s) {missing} (masks for {sorted(batch.masks)}); "
                           "a LeRobot dataset carries them as video features observation.masks.<camera> (the Meta-World "
                           "generator writes them), a video folder as <clip>.mask.mp4 beside each clip")
-    x = torch.stack([batch.frames[v] for v in use], 1)
-    m = torch.stack([batch.masks[v] for v in use], 1)
-    if views == "random":
-        rows = torch.arange(x.shape[0], device=x.device)
-        pick = (batch.episode * 7919 + batch.t) % len(use)
-        return x[rows, pick], m[rows, pick]
-    return x.flatten(0, 1), m.flatten(0, 1)
+    return select_views(batch, batch.frames, views), select_views(batch, batch.masks, views)
 
 
 def _region_weights(mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -28,11 +28,21 @@ def stack_views(batch: PairBatch, views: list[str]) -> torch.Tensor:
     return normalize(x.flatten(0, 1))
 
 
+def select_views(batch: PairBatch, per_view: dict[str, torch.Tensor], views: Literal["all", "random", "first"]) -> torch.Tensor:
+    """Rows of per-view tensors (B, ...) as an objective reads them: every view (view-major per
+    pair), view (episode * 7919 + t) mod V of each pair, or the first view. One rule for frames and
+    for anything aligned with them (masks)."""
+    use = batch.views[:1] if views == "first" else batch.views
+    x = torch.stack([per_view[v] for v in use], 1)
+    if views == "random":
+        pick = (batch.episode * 7919 + batch.t) % len(use)
+        return x[torch.arange(x.shape[0], device=x.device), pick]
+    return x.flatten(0, 1)
+
+
 def one_view_per_pair(batch: PairBatch) -> torch.Tensor:
     """(B, 2, 3, S, S) float: view (episode * 7919 + t) mod V of each pair."""
-    x = torch.stack([batch.frames[v] for v in batch.views], 1)
-    pick = (batch.episode * 7919 + batch.t) % len(batch.views)
-    return normalize(x[torch.arange(x.shape[0], device=x.device), pick])
+    return normalize(select_views(batch, batch.frames, "random"))
 
 
 def pair_rows(batch: PairBatch, views: Literal["all", "random", "first"]) -> tuple[torch.Tensor, int]:

@@ -189,8 +189,9 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     # both step from one backward (their losses never reach each other's parameters)
     aux_groups = objective.auxiliary_param_groups()
     aux_params = [p for g in aux_groups for p in g["params"]]
-    params = [p for p in trainee.parameters() if p.requires_grad and id(p) not in {id(a) for a in aux_params}]
-    opt = torch.optim.AdamW(_param_groups(trainee, cfg.optim.weight_decay, {id(a) for a in aux_params}), lr=cfg.optim.lr,
+    aux_ids = {id(a) for a in aux_params}
+    params = [p for p in trainee.parameters() if p.requires_grad and id(p) not in aux_ids]
+    opt = torch.optim.AdamW(_param_groups(trainee, cfg.optim.weight_decay, aux_ids), lr=cfg.optim.lr,
                             betas=tuple(cfg.optim.betas), fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     aux_opt = torch.optim.AdamW(aux_groups, fused=True) if aux_groups else None
