@@ -33,6 +33,18 @@ def test_nested_and_overrides(tmp_path):
     assert "lr: 0.01" in dump_config(cfg)
 
 
+def test_override_indexes_a_list_and_leaves_the_source_alone():
+    src = {"objectives": [{"kind": "reconstruction"}, {"kind": "cycle", "options": {"buffer_batches": 4, "temperature": 1.0}}]}
+    out = apply_overrides(src, ["objectives.1.options.buffer_batches=16", "objectives.0.weight=0.5"])
+    assert out["objectives"][1]["options"] == {"buffer_batches": 16, "temperature": 1.0}
+    assert out["objectives"][0] == {"kind": "reconstruction", "weight": 0.5}
+    assert src["objectives"][1]["options"]["buffer_batches"] == 4 and "weight" not in src["objectives"][0]  # not mutated
+    with pytest.raises(ConfigError, match="'2' is not an index of a list of 2"):
+        apply_overrides(src, ["objectives.2.weight=1"])
+    with pytest.raises(ConfigError, match="'kind' is not a section"):
+        apply_overrides(src, ["objectives.0.kind.x=1"])
+
+
 def test_unknown_key_names_key_and_allowed():
     with pytest.raises(ConfigError, match=r"unknown config key 'inner\.lrr'.*allowed keys here: kind, lr"):
         from_dict(Outer, {"inner": {"lrr": 1}})

@@ -203,6 +203,34 @@ def test_cka_invariances_and_domain_stripping():
     assert r["shared_tokens"] == 8 and r["cka"]["value"] > 0.95 and r["cka"]["value"] > r["cka_shuffled"]["value"] + 0.3
 
 
+def test_cka_across_tasks_reads_the_task_of_each_row(squares_cache, tmp_path):
+    """cka_domains=[task]: the domains are tasks, not cameras; an oracle whose tokens mean the same
+    displacement in both tasks aligns, one whose codes are permuted in one task does not."""
+    from openlam.eval.suite import cka_records
+
+    cache = squares_cache
+    ep, _, _, target = pairs_of(cache)
+    rng = np.random.default_rng(0)
+    codes = quantize(target, 6)
+    z = target + 0.05 * rng.standard_normal(target.shape)
+    write_labels(tmp_path / "o", cache, codes, z, 6)
+    table = build_table(tmp_path / "o", cache)
+    table.task = np.where(table.episode % 2 == 0, "even", "odd").astype(object)
+    cfg = EvalConfig(cka_rounds=10, cka_domains=["task"])
+    recs = cka_records(table, cfg)
+    assert {r["domain"] for r in recs} == {"task"} and {r["domains"] for r in recs} == {"even|odd"}
+    good = value(recs, metric="cka")
+    assert good["value"] > 0.9 and good["value"] > value(recs, metric="cka_shuffled")["value"] + 0.2
+    # same z, but in odd episodes each code's meaning is another code's: the centroids no longer correspond
+    perm = np.roll(np.arange(6), 3)
+    table.tokens = np.where((table.episode % 2 == 1)[:, None], perm[table.tokens], table.tokens)
+    bad = value(cka_records(table, cfg), metric="cka")
+    assert bad["value"] < good["value"] - 0.3
+    assert cka_records(table, EvalConfig(cka_rounds=10, cka_domains=["view"]))[0]["domain"] == "view"
+    with pytest.raises(Exception, match="cka_domains"):
+        EvalConfig(cka_domains=["robot"]).validate()
+
+
 def test_codebook_stats_exact():
     tok = np.array([[0, 1], [0, 1], [2, 1], [0, 3]])
     s = codebook_stats(tok, 4, np.array(["a", "a", "b", "b"], dtype=object), np.array(["t"] * 4, dtype=object))

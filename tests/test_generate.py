@@ -82,8 +82,23 @@ def test_distractor_presets_change_pixels_not_labels():
     np.testing.assert_array_equal(clean.actions, dis.actions)  # same task variation + policy
     assert np.abs(clean.frames["corner"].astype(int) - dis.frames["corner"]).mean() > 10
     d = dis.extras["observation.distractors"]
-    assert d.shape == (10, 7) and d[:, 6].max() == 2  # two moving bodies recorded
-    assert dis.metadata["distractor_role"] == "ood"
+    names = dis.metadata["distractor_params"]
+    assert d.shape == (10, len(names)) and len(names) == 7 + 9 + 3 * 2 and dis.metadata["distractor_role"] == "ood"
+    col = {n: d[:, i] for i, n in enumerate(names)}
+    assert col["n_bodies"].max() == 2  # two moving bodies, each position recorded per frame
+    dt = 1.0 / dis.fps
+    for b in (0, 1):
+        pos = np.stack([col[f"body{b}_{a}"] for a in "xyz"], 1)
+        step = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+        assert np.median(step) == pytest.approx(0.3 * dt, rel=1e-3)  # body_speed of ood_all, bounces aside
+    assert not np.any([col[f"body2_{a}"] for a in "xyz"])  # an absent body stays zero
+    for c in ("corner", "topview"):  # each camera's own shake, per frame
+        shake = np.stack([col[f"shake_{c}_{a}"] for a in ("rx", "ry", "rz")], 1)
+        assert np.all(np.linalg.norm(shake, axis=1) > 0) and len(np.unique(shake[:, 0])) == 10
+    assert not np.allclose(col["shake_corner_rx"], col["shake_topview_rx"])
+    assert col["light_scale"].std() > 0  # flicker moves it per frame
+    c = clean.extras["observation.distractors"]
+    assert c.shape == d.shape and not c[:, 7:].any() and np.all(c[:, 4] == 1.0)  # no bodies, no shake, steady light
 
 
 def test_generate_writes_valid_dataset_identical_across_workers(tmp_path):

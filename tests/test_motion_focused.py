@@ -190,3 +190,33 @@ def test_video_folder_masks(tmp_path):
     (root / "clip0.mask.mp4").unlink()
     with pytest.raises(DataError, match=r"masks of camera 'main'.*missing for \['clip0'\]"):
         FolderSource(root)
+
+
+def test_labels_carry_the_background_tokens(squares, tmp_path):
+    """Labelling a hybrid model records both token sets, so the evaluation can ask which carries what."""
+    from openlam.data.cache import FrameCache
+    from openlam.eval.table import build_table
+    from openlam.label import LabelConfig, label, load_labels
+    from openlam.models.lam import normalize
+
+    cfg = {"image_size": 32, "predict_residual": True, "encoder": {"dim": 16, "layers": 1, "heads": 2, "patch": 8},
+           "quantizer": {"kind": "vq", "num_tokens": 4, "codebook_size": 8, "code_dim": 8}, "background": BG,
+           "decoder": {"kind": "cross_attn", "dim": 16, "layers": 1, "heads": 2}}
+    torch.manual_seed(1)
+    model = LatentActionModel(from_dict(LAMConfig, cfg)).eval()
+    model.save_pretrained(tmp_path / "m")
+    label(tmp_path / "m", squares, tmp_path / "labels", from_dict(LabelConfig, {"gap": {"seconds": None, "frames": 2}}))
+    meta, t = load_labels(tmp_path / "labels")
+    assert meta["background_tokens"] == 2 and meta["background_codebook_size"] == 8
+    cache = FrameCache(tmp_path / "labels" / "cache")
+    e, f, v = t["episode"][17].as_py(), t["frame"][17].as_py(), t["view"][17].as_py()
+    g0 = cache.episodes[e]["start"] + f
+    x = normalize(torch.from_numpy(np.stack([cache.frames(v)[g0], cache.frames(v)[g0 + 2]])[None]).permute(0, 1, 4, 2, 3))
+    with torch.no_grad():
+        enc = model.encode_pair(x)
+    assert enc.background is not None
+    assert t["bg_tokens"][17].as_py() == enc.background.indices[0].tolist()
+    assert t["tokens"][17].as_py() == enc.quant.indices[0].tolist()
+    table = build_table(tmp_path / "labels", cache)
+    assert table.bg_tokens is not None and table.bg_z is not None
+    assert table.bg_tokens.shape == (len(table), 2) and table.bg_z.shape == (len(table), 2 * 8) and table.bg_codebook_size == 8

@@ -7,6 +7,8 @@ default.
 
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import types
 import typing
@@ -111,20 +113,33 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` strings onto a nested dict (values parsed as YAML scalars)."""
-    data = dict(data)
+    """Apply `a.b.c=value` strings onto a nested dict (values parsed as YAML scalars). A number
+    indexes a list: `objectives.1.options.buffer_batches=1` changes one option of the second
+    objective and keeps the rest."""
+    data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. train.lr=3e-4")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw != "" else ""
-        node = data
+        node: Any = data
         parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{p}' is not a section")
-        node[parts[-1]] = value
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not (p.isdigit() and int(p) < len(node)):
+                    raise ConfigError(f"override '{item}': '{p}' is not an index of a list of {len(node)}")
+                if last:
+                    node[int(p)] = value
+                else:
+                    node = node[int(p)]
+            elif isinstance(node, dict):
+                if last:
+                    node[p] = value
+                else:
+                    node = node.setdefault(p, {})
+            else:
+                raise ConfigError(f"override '{item}': '{parts[i - 1]}' is not a section")
     return data
 
 

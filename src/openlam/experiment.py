@@ -54,6 +54,9 @@ class ExperimentConfig:
     # run of it is the ceiling of that seed's other runs (`openlam eval --ceiling`); None: no ceiling
     ceiling: str | None = None
     out: str = "runs/experiment"
+    # the side-by-side report's folder; None: <out>/report. Two experiments that share `out` share
+    # the runs they have in common (same arm config, seed and data: trained once) and name their own
+    report: str | None = None
     results: str = "docs/results.md"
     figures: str = "docs/figures"  # bar charts go to <figures>/<name>/
     scale: str = "cpu"  # selects `scales[scale]`: KEY=VALUE overrides of this config
@@ -212,7 +215,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             runs[arm.name].append(run)
             timing[arm.name].append((tr, ev))
     all_runs = [r for a in cfg.arms for r in runs[a.name]]
-    write_report(all_runs, out / "report")
+    report = Path(cfg.report) if cfg.report else out / "report"
+    write_report(all_runs, report)
     metrics = {a.name: [load_metrics(r) for r in runs[a.name]] for a in cfg.arms}
     wall = time.perf_counter() - t0
     numbers = results_json_path(cfg)
@@ -222,7 +226,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     atomic_write_json(numbers, results_numbers(cfg, metrics, runs, data_s, timing, wall))
     record_section(f"experiment: {cfg.name} ({cfg.scale})", section, path=cfg.results)
-    return {"out": str(out), "report": str(out / "report" / "report.md"), "results": cfg.results, "numbers": str(numbers),
+    return {"out": str(out), "report": str(report / "report.md"), "results": cfg.results, "numbers": str(numbers),
             "wall_s": wall}
 
 
@@ -357,7 +361,7 @@ def results_section(cfg: ExperimentConfig, metrics: dict[str, list[dict[str, Any
         f"Wall time of this invocation: {wall / 60:.1f} min (data {data_s / 60:.1f} min). Training time per run, from each "
         "run's summary.json: " + ", ".join(f"{a} {np.mean(train_s[a]) / 60:.1f} min" for a in arms)
         + f"; evaluation per run {np.mean(eval_s) / 60:.1f} min. "
-        f"Full side-by-side report: `{Path(cfg.out) / 'report' / 'report.md'}`; every number below, per seed, in "
+        f"Full side-by-side report: `{Path(cfg.report or Path(cfg.out) / 'report') / 'report.md'}`; every number below, per seed, in "
         f"`{results_json_path(cfg)}`.",
         "",
         "Verdicts on the held-out test split (`openlam report` and the table below have the numbers behind each):",

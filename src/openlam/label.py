@@ -103,6 +103,8 @@ def _label(model_path, dataset, out: Path, cfg: LabelConfig, info, device) -> di
         "cache_size": cache.size,
         "gap": gap.describe(), "views": views, "num_tokens": model.cfg.quantizer.num_tokens,
         "codebook_size": model.cfg.codebook_size, "code_dim": model.quantizer.code_dim,
+        **({"background_tokens": model.cfg.background.num_tokens, "background_codebook_size": model.background_quantizer.codebook_size}
+           if model.background_quantizer is not None and model.cfg.background is not None else {}),
         "shard_episodes": cfg.shard_episodes, "shards": shards, "episodes": n_eps,
     }
     meta_path = out / "labels.json"
@@ -142,7 +144,8 @@ def _label(model_path, dataset, out: Path, cfg: LabelConfig, info, device) -> di
 @torch.no_grad()
 def _label_shard(model: LatentActionModel, cache: FrameCache, episodes: range, views: list[str], gap: GapConfig,
                  batch: int, device: torch.device) -> pa.Table:
-    cols: dict[str, list[Any]] = {"episode": [], "frame": [], "view": [], "gap": [], "tokens": [], "z_cont": []}
+    cols: dict[str, list[Any]] = {"episode": [], "frame": [], "view": [], "gap": [], "tokens": [], "z_cont": [],
+                                  "bg_tokens": [], "bg_z_cont": []}
     for e in episodes:
         ep = cache.episodes[e]
         H = gap.frame_range(ep["fps"])[0]  # labelling uses one fixed gap (the range's lower end)
@@ -155,30 +158,41 @@ def _label_shard(model: LatentActionModel, cache: FrameCache, episodes: range, v
                 g0 = ep["start"] + t
                 pair = torch.from_numpy(np.stack([frames[g0], frames[g0 + H]], 1)).permute(0, 1, 4, 2, 3)
                 x = normalize(pair.to(device))
-                q = model.encode(x[:, 0], x[:, 1])
+                q, bg = model.encode_with_background(x[:, 0], x[:, 1])
                 cols["episode"].append(np.full(len(t), e, np.int64))
                 cols["frame"].append(t.astype(np.int64))
                 cols["view"] += [v] * len(t)
                 cols["gap"].append(np.full(len(t), H, np.int32))
                 cols["tokens"].append(q.indices.cpu().numpy().astype(np.int32))
                 cols["z_cont"].append(q.z_cont.float().flatten(1).cpu().numpy())
+                if bg is not None:
+                    cols["bg_tokens"].append(bg.indices.cpu().numpy().astype(np.int32))
+                    cols["bg_z_cont"].append(bg.z_cont.float().flatten(1).cpu().numpy())
     if not cols["episode"]:
         return pa.table({"episode": pa.array([], pa.int64())})
     cat = np.concatenate
-    return shard_table(cat(cols["episode"]), cat(cols["frame"]), cols["view"], cat(cols["gap"]), cat(cols["tokens"]), cat(cols["z_cont"]))
+    bg_cols = (cat(cols["bg_tokens"]), cat(cols["bg_z_cont"])) if cols["bg_tokens"] else None
+    return shard_table(cat(cols["episode"]), cat(cols["frame"]), cols["view"], cat(cols["gap"]), cat(cols["tokens"]), cat(cols["z_cont"]),
+                       bg_cols)
+
+
+def _fixed(x: np.ndarray, dtype: Any) -> pa.FixedSizeListArray:
+    a = np.asarray(x, dtype)
+    return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
 
 
 def shard_table(episode: np.ndarray, frame: np.ndarray, view: list[str] | np.ndarray, gap: np.ndarray, tokens: np.ndarray,
-                z_cont: np.ndarray) -> pa.Table:
-    """The label shard schema: one row per (episode, frame, view); tokens (K,) int32, z_cont float32."""
-    tok = np.asarray(tokens, np.int32)
-    z = np.asarray(z_cont, np.float32)
-    return pa.table({
+                z_cont: np.ndarray, background: tuple[np.ndarray, np.ndarray] | None = None) -> pa.Table:
+    """The label shard schema: one row per (episode, frame, view); tokens (K,) int32, z_cont float32;
+    with a background bottleneck also bg_tokens (K_bg,) int32 and bg_z_cont float32."""
+    cols = {
         "episode": np.asarray(episode, np.int64), "frame": np.asarray(frame, np.int64),
         "view": pa.array([str(v) for v in view], pa.string()), "gap": np.asarray(gap, np.int32),
-        "tokens": pa.FixedSizeListArray.from_arrays(pa.array(tok.reshape(-1)), tok.shape[1]),
-        "z_cont": pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1)), z.shape[1]),
-    })
+        "tokens": _fixed(tokens, np.int32), "z_cont": _fixed(z_cont, np.float32),
+    }
+    if background is not None:
+        cols |= {"bg_tokens": _fixed(background[0], np.int32), "bg_z_cont": _fixed(background[1], np.float32)}
+    return pa.table(cols)
 
 
 def _resolve(path: str, labels: Path) -> Path:

@@ -5,6 +5,8 @@ Layout of a cache directory (written atomically):
   frames.<camera>.u8    (N, S, S, 3) uint8, all episodes back to back
   masks.<camera>.u8     (N, S, S) uint8 0/1, for cameras that have masks
   actions.f32 / state.f32   (N, A) / (N, D) float32 when the source has them
+  extra.<name>.f32      (N, D) float32 per-frame extras of the source (e.g. observation.distractors,
+                        next.success), for the evaluation
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def build_cache(source: EpisodeSource | str | Path, out: str | Path, cfg: CacheC
         files |= {f"masks.{c}.u8": open(tmp / f"masks.{c}.u8", "wb") for c in mask_cams}
         has_actions = src.action_space is not None
         state_dim: int | None = None
+        extra_dims: dict[str, int] = {}
         if has_actions:
             files["actions.f32"] = open(tmp / "actions.f32", "wb")
         episodes: list[dict[str, Any]] = []
@@ -90,6 +93,15 @@ def build_cache(source: EpisodeSource | str | Path, out: str | Path, cfg: CacheC
                         if ep.state.shape[1] != state_dim:
                             raise DataError(src.path, f"episode {i} state", f"{state_dim} dims like episode 0", str(ep.state.shape[1]))
                         files["state.f32"].write(ep.state.astype(np.float32).tobytes())
+                    if i == 0:
+                        extra_dims = {k: int(np.prod(np.shape(x)[1:])) for k, x in ep.extras.items()}
+                        files |= {f"extra.{k}.f32": open(tmp / f"extra.{k}.f32", "wb") for k in extra_dims}
+                    for k, d in extra_dims.items():
+                        x = ep.extras.get(k)
+                        if x is None or int(np.prod(np.shape(x)[1:])) != d:
+                            raise DataError(src.path, f"episode {i} extras[{k}]", f"a per-frame feature of {d} dims like episode 0",
+                                            "missing" if x is None else str(np.shape(x)))
+                        files[f"extra.{k}.f32"].write(np.asarray(x, np.float32).reshape(ep.length, d).tobytes())
                     info = src.episodes[i]
                     episodes.append({
                         "index": i, "start": start, "length": ep.length, "fps": ep.fps,
@@ -109,6 +121,7 @@ def build_cache(source: EpisodeSource | str | Path, out: str | Path, cfg: CacheC
             "total_frames": start,
             "action_space": src.action_space.to_dict() if src.action_space else None,
             "state_dim": state_dim,
+            "extras": extra_dims,
             "episodes": episodes,
             # splits keep their episodes; their camera lists are narrowed to the cached cameras
             "splits": {name: {**sp, "cameras": [c for c in sp.get("cameras", cams) if c in cams]} for name, sp in src.splits.items()},
@@ -135,6 +148,7 @@ class FrameCache:
         self.splits: dict[str, dict[str, Any]] = meta["splits"]
         self.action_space = ActionSpace.from_dict(meta["action_space"]) if meta["action_space"] else None
         self.state_dim = meta.get("state_dim")
+        self.extras: dict[str, int] = meta.get("extras", {})  # name -> dims per frame
         self._maps: dict[str, np.memmap] = {}
 
     def _map(self, name: str, shape_tail: tuple[int, ...], dtype: Any) -> np.memmap:
@@ -170,6 +184,12 @@ class FrameCache:
     def state(self) -> np.memmap:
         assert self.state_dim is not None
         return self._map("state.f32", (self.state_dim,), np.float32)
+
+    def extra(self, name: str) -> np.memmap:
+        """(N, D) float32 per-frame extra feature of the source, e.g. observation.distractors."""
+        if name not in self.extras:
+            raise DataError(self.path / "cache.json", "extras", f"a cached per-frame feature '{name}'", str(sorted(self.extras)) or "none")
+        return self._map(f"extra.{name}.f32", (self.extras[name],), np.float32)
 
     def __getstate__(self) -> dict[str, Any]:  # memmaps are re-opened in each worker process
         d = dict(self.__dict__)

@@ -83,6 +83,8 @@ def key_rows(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
             rows[f"cross-view {k[len('crossview_'):].replace('_', ' ')} (mean over view pairs)"] = r
         elif k.startswith("transfer") and r.get("value") is not None:
             rows[k.replace("_", " ")] = r
+        elif k == "distractor_probe_nmse":
+            rows[f"distractor probe NMSE {r['features']} -> {r['target']} [{s}] (1 = carries none)"] = r
         elif k in ("cka", "cka_shuffled"):
             rows[f"{k.replace('_', ' ')} {r['domain']}s {r['domains']}"] = r
             rows[f"cka {r['domain']}s {r['domains']}: dims stripped"] = {"value": r.get("removed_dims")}

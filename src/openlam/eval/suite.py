@@ -43,6 +43,9 @@ class EvalConfig:
     transfer_pairs: int = 512  # 0: skip transfer consistency
     cka_rounds: int = 50  # 0: skip CKA alignment
     cka_max_rows: int = 4000  # rows sampled (by episode) for domain stripping
+    # domain kinds CKA aligns across: "view" (cameras), "task" (tasks of one embodiment: does a token
+    # mean the same change whatever the task?)
+    cka_domains: list[str] = field(default_factory=lambda: ["view"])
     example_codes: int = 8  # per-code example grid: most frequent token tuples shown
     batch_size: int = 256  # labelling batch
     seed: int = 0
@@ -55,6 +58,9 @@ class EvalConfig:
             raise ConfigError("eval: n_boot must be >= 2")
         if self.bound_bins < 2:
             raise ConfigError("eval: bound_bins must be >= 2")
+        bad = [d for d in self.cka_domains if d not in ("view", "task")]
+        if bad:
+            raise ConfigError(f"eval: cka_domains must be among ['view', 'task'], got {bad}")
         if self.phase_draws and self.phase_draws < 99:
             raise ConfigError("eval: phase_draws must be 0 (skip) or >= 99 (a p-value needs enough draws)")
 
@@ -156,12 +162,28 @@ def metric_records(table: EvalTable, cfg: EvalConfig, model: Any = None, cache: 
         recs += [{**r, "split": held} for r in transfer_consistency(
             model, cache, table.episode, table.frame, table.gap, table.view, table.tokens,
             lambda t: probe.predict(one_hot_tokens(t, C)), a_pool=test, n=cfg.transfer_pairs, n_boot=cfg.n_boot, seed=cfg.seed, device=device)]
-    if cfg.cka_rounds and not cfg.align and len(set(table.view.tolist())) > 1:
-        from openlam.eval.cka import cka_alignment
+    if cache is not None:
+        from openlam.eval.distractors import distractor_records
 
+        recs += distractor_records(table, cache, train, splits)
+    return recs + cka_records(table, cfg)
+
+
+def cka_records(table: EvalTable, cfg: EvalConfig) -> list[dict[str, Any]]:
+    """CKA alignment across each domain kind of `cka_domains` with more than one value (views:
+    cameras; tasks: the tasks of one embodiment), unless --align datasets are the domains."""
+    from openlam.eval.cka import cka_alignment
+
+    if not cfg.cka_rounds or cfg.align:
+        return []
+    recs: list[dict[str, Any]] = []
+    for kind in cfg.cka_domains:
+        domain = table.view if kind == "view" else table.task
+        if len(set(domain.tolist())) < 2:
+            continue
         rows = _sample_episodes(table.episode, np.arange(len(table)), cfg.cka_max_rows, cfg.seed)
-        recs += [{**r, "split": "all", "domain": "view"} for r in cka_alignment(
-            table.z[rows], table.tokens[rows], table.view[rows], table.episode[rows], rounds=cfg.cka_rounds, seed=cfg.seed)]
+        recs += [{**r, "split": "all", "domain": kind} for r in cka_alignment(
+            table.z[rows], table.tokens[rows], domain[rows], table.episode[rows], rounds=cfg.cka_rounds, seed=cfg.seed)]
     return recs
 
 
@@ -200,13 +222,7 @@ def unlabelled_records(table: EvalTable, cfg: EvalConfig, model: Any = None, cac
         recs += [{**r, "split": split} for r in transfer_consistency(
             model, cache, table.episode, table.frame, table.gap, table.view, table.tokens, None, a_pool=held,
             n=cfg.transfer_pairs, n_boot=cfg.n_boot, seed=cfg.seed, device=device)]
-    if cfg.cka_rounds and not cfg.align and len(set(table.view.tolist())) > 1:
-        from openlam.eval.cka import cka_alignment
-
-        rows = _sample_episodes(table.episode, np.arange(len(table)), cfg.cka_max_rows, cfg.seed)
-        recs += [{**r, "split": "all", "domain": "view"} for r in cka_alignment(
-            table.z[rows], table.tokens[rows], table.view[rows], table.episode[rows], rounds=cfg.cka_rounds, seed=cfg.seed)]
-    return recs
+    return recs + cka_records(table, cfg)
 
 
 def _sample_episodes(episode: np.ndarray, rows: np.ndarray, max_rows: int, seed: int) -> np.ndarray:

@@ -30,6 +30,10 @@ class EvalTable:
     meta: dict[str, Any]  # labels.json
     codebook_size: int
     action_names: list[str] = field(default_factory=list)
+    # with a background bottleneck (Motion-Focused LAM): its codes (N, K_bg), pre-quantization embedding and codebook size
+    bg_tokens: np.ndarray | None = None
+    bg_z: np.ndarray | None = None
+    bg_codebook_size: int = 0
 
     def __len__(self) -> int:
         return len(self.episode)
@@ -89,5 +93,10 @@ def build_table(labels_dir: str | Path, cache: FrameCache, require_actions: bool
     for name, sp in cache.splits.items():
         in_eps = np.isin(ep, np.asarray(sp["episodes"], dtype=np.int64))
         splits[name] = in_eps & np.isin(view, np.asarray(sp.get("cameras", cache.cameras), dtype=object))
+    bg_tokens = bg_z = None
+    if "bg_tokens" in t.column_names:
+        bg_tokens = np.asarray(t.column("bg_tokens").combine_chunks().flatten(), dtype=np.int64).reshape(len(ep), -1)
+        bg_z = np.asarray(t.column("bg_z_cont").combine_chunks().flatten(), dtype=np.float32).reshape(len(ep), -1)
     return EvalTable(ep, frame, view, gap, tokens, z, action, tasks[ep] if len(ep) else tasks[:0], splits, meta,
-                     int(meta["codebook_size"]), list(cache.action_space.names) if cache.action_space is not None else [])
+                     int(meta["codebook_size"]), list(cache.action_space.names) if cache.action_space is not None else [],
+                     bg_tokens, bg_z, int(meta.get("background_codebook_size", 0)))

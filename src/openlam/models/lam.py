@@ -196,8 +196,16 @@ class LatentActionModel(nn.Module):
 
     def encode(self, o_t: torch.Tensor, o_tH: torch.Tensor) -> QuantOut:
         """The latent action of (o_t, o_t+H): the action tokens' codes."""
+        return self.encode_with_background(o_t, o_tH)[0]
+
+    def encode_with_background(self, o_t: torch.Tensor, o_tH: torch.Tensor) -> tuple[QuantOut, QuantOut | None]:
+        """The latent action of (o_t, o_t+H) and, with a background bottleneck, its background
+        codes (None without one): what labelling records, so the evaluation can ask which token
+        set carries what (the action, the distractors)."""
         tokens, _ = self.encoder(torch.stack([o_t, o_tH], 1))
-        return self._quantize(self._split(tokens)[0])
+        action, background = self._split(tokens)
+        bg = None if background is None or self.background_quantizer is None else self._quantize(background, self.background_quantizer)
+        return self._quantize(action), bg
 
     def decode(self, o_t: torch.Tensor, action: QuantOut | torch.Tensor) -> torch.Tensor:
         """Predict o_t+H from o_t and a latent action (a QuantOut, or codes (B, K) int64); with a

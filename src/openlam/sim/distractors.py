@@ -1,9 +1,11 @@
 """Visual distractors applied through the MuJoCo model at run time, as named presets.
 
-Each factor is sampled per episode; factors marked `per_frame` also move during the episode
-(camera shake, light flicker, moving distractor bodies). Everything is drawn from the episode's
-seeded RNG, and the values used are recorded per frame (`observation.distractors`) so OOD splits
-and failure analyses can see exactly what changed.
+Each factor is sampled per episode; camera shake, light flicker and moving distractor bodies also
+move from frame to frame. Everything is drawn from the episode's seeded RNG, and the values used
+are recorded per frame (`observation.distractors`, names from `param_names(cameras)`): the
+per-episode factors, the flickered light scale, each moving body's position and each camera's
+shake rotation, so OOD splits, failure analyses and the distractor probes of the evaluation can
+see exactly what changed.
 """
 
 from __future__ import annotations
@@ -31,8 +33,16 @@ class DistractorConfig:
     colour_jitter: float = 0.0  # max per-channel tint on table/floor/wall materials, per episode
     textures: Literal["keep", "checker", "noise"] = "keep"  # procedural table/floor textures, per episode
     texture_palette: Literal["warm", "cool", "any"] = "any"
-    moving_bodies: int = 0  # visual distractor objects moving over the table, per frame
+    moving_bodies: int = 0  # visual distractor objects moving over the table, per frame (at most MAX_BODIES)
     body_speed: float = 0.3  # metres / second
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.moving_bodies <= MAX_BODIES:
+            raise ValueError(f"distractors: moving_bodies must be 0..{MAX_BODIES} (their positions are recorded per frame), "
+                             f"got {self.moving_bodies}")
+
+
+MAX_BODIES = 3  # moving bodies whose positions observation.distractors has room for
 
 
 PRESETS: dict[str, DistractorConfig] = {
@@ -42,6 +52,9 @@ PRESETS: dict[str, DistractorConfig] = {
     # mild everyday variation, in-distribution
     "mild": DistractorConfig(camera_pos_std=0.02, camera_rot_std=1.5, light_scale=(0.8, 1.2), light_pos_std=0.2,
                              colour_jitter=0.1, textures="keep"),
+    # things that move with time, in-distribution (LAOM's failure case for LAMs): light flicker, one
+    # moving distractor body, camera shake; each at a milder level than its OOD preset below
+    "dynamic": DistractorConfig(light_flicker=0.15, moving_bodies=1, body_speed=0.25, camera_shake_std=0.5),
     # OOD presets: each changes one thing the training data never showed
     "ood_camera": DistractorConfig(role="ood", camera_pos_std=0.12, camera_rot_std=8.0),
     "ood_light": DistractorConfig(role="ood", light_scale=(0.3, 1.8), light_pos_std=0.6, light_flicker=0.25),
@@ -53,7 +66,15 @@ PRESETS: dict[str, DistractorConfig] = {
                                 textures="noise", moving_bodies=2),
 }
 
-PARAM_NAMES = ["cam_dx", "cam_dy", "cam_dz", "cam_rot_deg", "light_scale", "colour_shift", "n_bodies"]
+EPISODE_PARAMS = ["cam_dx", "cam_dy", "cam_dz", "cam_rot_deg", "light_scale", "colour_shift", "n_bodies"]
+
+
+def param_names(cameras: list[str]) -> list[str]:
+    """Names of the per-frame `observation.distractors` vector: the per-episode factors (light_scale
+    flickers per frame), then each moving body's position (zeros for absent bodies), then each
+    camera's shake as a rotation vector in degrees (zeros without shake)."""
+    bodies = [f"body{i}_{ax}" for i in range(MAX_BODIES) for ax in "xyz"]
+    return EPISODE_PARAMS + bodies + [f"shake_{c}_{ax}" for c in cameras for ax in ("rx", "ry", "rz")]
 
 
 def preset(name: str) -> DistractorConfig:
@@ -96,7 +117,9 @@ class Distractors:
         self.tex_data0 = {t: self._tex_view(t).copy() for t in self.tex_ids}
         self.textures_dirty = False
         self.bodies: list[dict] = []
-        self.params = np.zeros(len(PARAM_NAMES), np.float32)
+        self.params = np.zeros(len(param_names(cameras)), np.float32)
+        self._body_at = len(EPISODE_PARAMS)
+        self._shake_at = self._body_at + 3 * MAX_BODIES
 
     def _tex_view(self, t: int) -> np.ndarray:
         m = self.model
@@ -155,7 +178,8 @@ class Distractors:
             })
         for b in self.bodies:
             b["vel"] *= cfg.body_speed / (np.linalg.norm(b["vel"]) + 1e-9)
-        self.params[:] = [*offs, rot, self.light_scale, shift, len(self.bodies)]
+        self.params[:] = 0.0
+        self.params[: self._body_at] = [*offs, rot, self.light_scale, shift, len(self.bodies)]
         return changed
 
     def _procedural(self, rng: np.random.Generator, t: int) -> np.ndarray:
@@ -176,22 +200,26 @@ class Distractors:
         """Per-frame changes; returns the visual distractor bodies to draw this frame."""
         m, cfg = self.model, self.cfg
         if cfg.camera_shake_std:
-            for c in self.cam_ids:
+            for j, c in enumerate(self.cam_ids):
+                axis, deg = rng.normal(size=3), rng.normal(0, cfg.camera_shake_std)
                 q = np.empty(4)
-                mujoco.mju_mulQuat(q, self.base_quat[c], _axis_angle_quat(rng.normal(size=3), rng.normal(0, cfg.camera_shake_std)))
+                mujoco.mju_mulQuat(q, self.base_quat[c], _axis_angle_quat(axis, deg))
                 m.cam_quat[c] = q
+                at = self._shake_at + 3 * j
+                self.params[at : at + 3] = axis / (np.linalg.norm(axis) + 1e-12) * deg
         if cfg.light_flicker:
             s = self.light_scale * (1 + rng.uniform(-cfg.light_flicker, cfg.light_flicker))
             m.light_diffuse[:] = np.clip(self.light_diffuse0 * s, 0, 1)
             self.params[4] = s
         geoms = []
-        for b in self.bodies:
+        for i, b in enumerate(self.bodies):
             b["pos"] += b["vel"] * dt
             for ax, (lo, hi) in enumerate([(-0.45, 0.45), (0.4, 0.9), (0.03, 0.35)]):
                 if not lo <= b["pos"][ax] <= hi:
                     b["vel"][ax] *= -1
                     b["pos"][ax] = np.clip(b["pos"][ax], lo, hi)
             geoms.append(ExtraGeom(b["type"], b["size"], b["pos"].copy(), b["rgba"]))
+            self.params[self._body_at + 3 * i : self._body_at + 3 * i + 3] = b["pos"]
         return geoms
 
 

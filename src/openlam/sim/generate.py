@@ -157,7 +157,7 @@ def run_episode(task: str, episode: int, cfg: GenerateConfig) -> Episode:
     """Roll out the scripted expert (retrying if only_success) and record every camera."""
     import mujoco
 
-    from openlam.sim.distractors import PARAM_NAMES, preset
+    from openlam.sim.distractors import param_names, preset
     from openlam.sim.metaworld_env import ACTION_DESCRIPTION, ACTION_NAMES, INSTRUCTIONS, ROBOT, STATE_NAMES
 
     rig = _rig(task, cfg)
@@ -221,7 +221,7 @@ def run_episode(task: str, episode: int, cfg: GenerateConfig) -> Episode:
             "task": task, "episode": episode, "key": f"{task}/{episode}", "seed": cfg.seed, "attempt": attempt,
             "success": success_step is not None, "success_step": success_step,
             "distractor_preset": cfg.distractors, "distractor_role": dist.role,
-            "distractor_params": PARAM_NAMES, "action_noise": cfg.action_noise,
+            "distractor_params": param_names(cfg.cameras), "action_noise": cfg.action_noise,
         },
     )
     return ep

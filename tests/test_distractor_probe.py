@@ -1,0 +1,114 @@
+"""Distractor probes: which token set carries the per-frame distractor state, on labellers whose
+contents are known (an action oracle, a background that encodes the distractors), through the
+cache's per-frame extras as the generator records them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from openlam.artifacts import atomic_write_json
+from openlam.data.cache import CacheConfig, FrameCache, build_cache
+from openlam.data.lerobot_writer import write_lerobot
+from openlam.data.synthetic import moving_squares
+from openlam.errors import DataError
+from openlam.eval.distractors import DISTRACTORS, distractor_records, distractor_targets
+from openlam.eval.suite import EvalConfig, metric_records
+from openlam.eval.table import build_table
+from openlam.label import shard_table
+from test_eval import GAP, pairs_of, quantize, value
+
+NAMES = ["cam_dx", "light_scale", "body0_x", "shake_view0_rx", "shake_view0_ry", "shake_view0_rz",
+         "shake_view1_rx", "shake_view1_ry", "shake_view1_rz"]
+
+
+@pytest.fixture(scope="module")
+def distractor_cache(tmp_path_factory):
+    """Squares whose episodes record a distractor state per frame: a per-episode constant (cam_dx),
+    a flickering light, a drifting body and an independent shake per camera."""
+    root = tmp_path_factory.mktemp("distr")
+    rng = np.random.default_rng(3)
+    eps = moving_squares(episodes=40, length=24, size=32, seed=2)
+    for ep in eps:
+        T = ep.length
+        d = np.zeros((T, len(NAMES)), np.float32)
+        d[:, 0] = rng.normal()  # constant within the episode: not a target
+        d[:, 1] = 1 + 0.2 * rng.uniform(-1, 1, T)
+        d[:, 2] = np.cumsum(rng.normal(0, 0.05, T))
+        d[:, 3:] = rng.normal(0, 1.0, (T, 6))
+        ep.extras[DISTRACTORS] = d
+        ep.metadata["distractor_params"] = NAMES
+    ds = write_lerobot(root / "ds", eps, fps=10.0)
+    return FrameCache(build_cache(ds, root / "cache", CacheConfig(size=32))), eps
+
+
+def test_cache_keeps_per_frame_extras_exactly(distractor_cache):
+    cache, eps = distractor_cache
+    assert cache.extras[DISTRACTORS] == len(NAMES)
+    np.testing.assert_array_equal(np.asarray(cache.extra(DISTRACTORS)), np.concatenate([e.extras[DISTRACTORS] for e in eps]))
+    with pytest.raises(DataError, match="observation.nope"):
+        cache.extra("observation.nope")
+
+
+def write_labels(out, cache, tokens, z, C, bg_tokens=None, bg_z=None, bg_C=0):
+    ep, fr, vw, _ = pairs_of(cache)
+    (out / "shards").mkdir(parents=True)
+    bg = None if bg_tokens is None else (bg_tokens, bg_z)
+    pq.write_table(shard_table(ep, fr, vw, np.full(len(ep), GAP), tokens, z, bg), out / "shards" / "shard-00000.parquet")
+    meta = {"complete": True, "shards": 1, "num_tokens": tokens.shape[1], "codebook_size": C,
+            "code_dim": z.shape[1] // tokens.shape[1], "gap": {"frames": GAP}, "cache": str(cache.path)}
+    if bg is not None:
+        meta |= {"background_tokens": bg_tokens.shape[1], "background_codebook_size": bg_C}
+    atomic_write_json(out / "labels.json", meta)
+
+
+def test_targets_pick_moving_dims_and_each_rows_own_camera(distractor_cache, tmp_path):
+    cache, _ = distractor_cache
+    ep, fr, vw, target = pairs_of(cache)
+    write_labels(tmp_path / "l", cache, quantize(target, 8), target.astype(np.float32), 8)
+    table = build_table(tmp_path / "l", cache)
+    state, change, names = distractor_targets(table, cache)
+    assert names == ["light_scale", "body0_x", "shake_rx", "shake_ry", "shake_rz"]  # cam_dx is constant per episode
+    x = np.asarray(cache.extra(DISTRACTORS))
+    g0 = cache.starts[ep] + fr
+    own = np.where(vw == "view0", 3, 6)
+    np.testing.assert_allclose(state[:, 2], x[g0 + GAP, own])
+    np.testing.assert_allclose(change[:, 1], x[g0 + GAP, 2] - x[g0, 2], atol=1e-6)
+
+
+def test_background_that_encodes_distractors_is_told_apart_from_an_action_oracle(distractor_cache, tmp_path):
+    cache, _ = distractor_cache
+    ep, fr, vw, target = pairs_of(cache)
+    write_labels(tmp_path / "probe", cache, quantize(target, 8), target.astype(np.float32), 8)
+    table = build_table(tmp_path / "probe", cache)
+    state, change, _ = distractor_targets(table, cache)
+    rng = np.random.default_rng(0)
+    # the background's continuous latent knows the state at t and at t+H (so the change too), its codes the state at t+H
+    bg_z = np.concatenate([state, state - change], 1) + 0.001 * rng.standard_normal((len(state), 2 * state.shape[1]))
+    write_labels(tmp_path / "mf", cache, quantize(target, 8), target.astype(np.float32), 8,
+                 quantize(state, 16), bg_z.astype(np.float32), 16)
+    table = build_table(tmp_path / "mf", cache)
+    assert table.bg_tokens.shape == (len(ep), state.shape[1]) and table.bg_codebook_size == 16
+    recs = distractor_records(table, cache, table.rows("train"), table.eval_splits())
+    for feats in ("action continuous", "action onehot", "reference: real action"):
+        for tgt in ("state", "change"):
+            r = value(recs, features=feats, target=tgt, split="test")
+            assert r["value"] > 0.95 and r["ci_low"] < 1.02, (feats, tgt, r)
+    for tgt in ("state", "change"):
+        r = value(recs, features="background continuous", target=tgt, split="test")
+        assert r["value"] < 0.01 and max(r["per_dim"].values()) < 0.02, (tgt, r)
+    r = value(recs, features="background onehot", target="state", split="test")
+    assert r["value"] < 0.2, r
+    # the suite reports them beside the action metrics
+    FAST = EvalConfig(n_boot=20, infonce_steps=0, mlp=False, transfer_pairs=0, cka_rounds=0, phase_draws=0, references=False)
+    assert any(r["metric"] == "distractor_probe_nmse" for r in metric_records(table, FAST, cache=cache))
+
+
+def test_no_distractor_state_no_records(tmp_path):
+    ds = write_lerobot(tmp_path / "ds", moving_squares(episodes=6, length=12, size=16), fps=10.0)
+    cache = FrameCache(build_cache(ds, tmp_path / "cache", CacheConfig(size=16)))
+    ep, _, _, target = pairs_of(cache)
+    write_labels(tmp_path / "l", cache, quantize(target, 4), target.astype(np.float32), 4)
+    table = build_table(tmp_path / "l", cache)
+    assert distractor_targets(table, cache) is None and distractor_records(table, cache, table.rows("train"), ["test"]) == []
