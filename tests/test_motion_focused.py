@@ -220,3 +220,20 @@ def test_labels_carry_the_background_tokens(squares, tmp_path):
     table = build_table(tmp_path / "labels", cache)
     assert table.bg_tokens is not None and table.bg_z is not None
     assert table.bg_tokens.shape == (len(table), 2) and table.bg_z.shape == (len(table), 2 * 8) and table.bg_codebook_size == 8
+
+
+def test_distractor_experiment_moves_distractors_in_every_split():
+    """The Motion-Focused experiment's benchmark has the dynamic preset in distribution (so the
+    action tokens meet moving distractors in training) and one OOD split per stronger factor."""
+    from openlam.experiment import load_experiment
+    from openlam.sim.distractors import PRESETS
+
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "configs" / "experiments" / "motion_focused_distractors.yaml", [])
+    g = exp.generate
+    dyn = PRESETS[g.distractors]
+    assert dyn.role == "id" and dyn.light_flicker > 0 and dyn.moving_bodies >= 1 and dyn.camera_shake_std > 0
+    assert g.masks and set(g.ood_distractors) == {"ood_objects", "ood_shake", "ood_light"}
+    assert PRESETS["ood_objects"].moving_bodies > dyn.moving_bodies and PRESETS["ood_shake"].camera_shake_std > dyn.camera_shake_std
+    assert PRESETS["ood_light"].light_flicker > dyn.light_flicker
+    assert [a.name for a in exp.arms] == ["vanilla", "motion_focused", "vanilla_light", "supervised"] and len(exp.seeds) >= 3
+    assert "task" in exp.eval.cka_domains
