@@ -27,6 +27,7 @@ lower cross-entropy on 20% of the train episodes held out from fitting.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,21 +54,29 @@ class QModel:
         return np.log((1 - UNIFORM_MIX) * p + UNIFORM_MIX / self.k)
 
 
-def _logistic(x: np.ndarray, y: np.ndarray, k: int, c: float, standardize: bool) -> Callable[[np.ndarray], np.ndarray]:
+def _logistic(x: np.ndarray, y: np.ndarray, k: int, c: float, standardize: bool, init: Any = None
+              ) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
+    """Multinomial logistic regression q(bin | x) and the fitted classifier. `init`: a classifier
+    fit on the same classes whose weights start the optimisation (the problem is convex, so the
+    optimum is the same; along a path of C values it is several times faster)."""
     from sklearn.linear_model import LogisticRegression
 
     scale = standardizer(x) if standardize else (lambda v: np.asarray(v, np.float64))
     classes = np.unique(y)
     if len(classes) == 1:  # one bin in the fit data: q puts all mass there
-        return lambda v: np.where(np.arange(k)[None] == classes[0], 0.0, -np.inf) * np.ones((len(v), 1))
-    clf = LogisticRegression(C=c, max_iter=1000, tol=1e-4).fit(scale(x), y)
+        return (lambda v: np.where(np.arange(k)[None] == classes[0], 0.0, -np.inf) * np.ones((len(v), 1))), None
+    clf = LogisticRegression(C=c, max_iter=1000, tol=1e-4)
+    if init is not None and np.array_equal(init.classes_, classes):
+        clf.set_params(warm_start=True)
+        clf.coef_, clf.intercept_ = init.coef_.copy(), init.intercept_.copy()
+    clf.fit(scale(x), y)
 
     def predict(v: np.ndarray) -> np.ndarray:
         out = np.full((len(v), k), -np.inf)
         out[:, clf.classes_] = clf.predict_log_proba(scale(v))
         return out
 
-    return predict
+    return predict, clf
 
 
 def _val_ce(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, k: int) -> float:
@@ -83,15 +92,18 @@ def fit_q(x: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int, family: str 
         raise ValueError(f"fit_q: family must be 'linear' or 'auto', got {family!r}")
     val = validation_episodes(groups, seed)
     if not val.any():  # one train episode: nothing to select on
-        return QModel("linear", k, _logistic(x, y, k, 1.0, standardize), 1.0)
-    scores = {c: _val_ce(_logistic(x[~val], y[~val], k, c, standardize), x[val], y[val], k) for c in cs}
+        return QModel("linear", k, _logistic(x, y, k, 1.0, standardize)[0], 1.0)
+    scores, fits, prev = {}, {}, None
+    for c in sorted(cs):  # strongest penalty first, each fit starting from the last one's weights
+        predict, prev = _logistic(x[~val], y[~val], k, c, standardize, prev)
+        scores[c], fits[c] = _val_ce(predict, x[val], y[val], k), prev
     best_c = min(scores, key=scores.get)
     if family == "auto":
         predict, _ = fit_mlp(x, y, groups, "ce", k, seed=seed)  # early-stopped on the same validation episodes
         mlp_ce = _val_ce(predict, x[val], y[val], k)
         if mlp_ce < scores[best_c]:
             return QModel("mlp", k, predict, None, mlp_ce)
-    return QModel("linear", k, _logistic(x, y, k, best_c, standardize), best_c, scores[best_c])
+    return QModel("linear", k, _logistic(x, y, k, best_c, standardize, fits[best_c])[0], best_c, scores[best_c])
 
 
 def first_of(keys: np.ndarray) -> np.ndarray:
