@@ -79,11 +79,13 @@ LEVERS: list[tuple[str, str, list[str], str]] = [
      "e2 - e1 readout + stop-gradient on the context + NSVQ (LAPA's encoder side, Genie's additive decoder)"),
     ("g_diff_sg_xattn", "genie_tiny", ["model.encoder.readout=difference", "model.decoder.stop_grad_context=true", "model.decoder.kind=cross_attn"],
      "e2 - e1 readout + stop-gradient + cross-attention decoder (VQ kept)"),
-    ("c_base", "cyclemimic_tiny", [], "CycleMimic preset as is (LAPA-style model, reconstruction + cycle 0.1, buffer 4, local-global discriminator)"),
+    # the c_ rows start from the CycleMimic preset's model (LAPA-style) and set the objectives themselves
+    ("c_base", "cyclemimic_tiny", [CYCLE.format(w=0.1, disc="local_global")],
+     "reconstruction + cycle 0.1 from step 0, buffer 4, local-global discriminator (GAN 0.1 from step 200)"),
     ("c_w001", "cyclemimic_tiny", [CYCLE.format(w=0.01, disc="local_global")], "cycle weight 0.01"),
-    ("c_ent", "cyclemimic_tiny", ["model.quantizer.entropy_weight=0.01"], "cycle 0.1 + codebook-usage entropy 0.01"),
-    ("c_start", "cyclemimic_tiny", [CYCLE.format(w=0.1, disc="local_global").replace("adversarial_start: 200", "adversarial_start: 250, start: 250")],
-     "cycle 0.1 from step 250 (reconstruction alone before)"),
+    ("c_ent", "cyclemimic_tiny", [CYCLE.format(w=0.1, disc="local_global"), "model.quantizer.entropy_weight=0.01"],
+     "cycle 0.1 + codebook-usage entropy 0.01"),
+    ("c_start", "cyclemimic_tiny", [], "cycle 0.1 and GAN 0.1 from step 250, reconstruction alone before (the preset as it ships)"),
     ("c_nodisc", "cyclemimic_tiny", [CYCLE.format(w=0.1, disc="none")], "cycle without a discriminator"),
     # reconstruction MSE on [-1, 1] pixels is about 0.015 here, the cycle's cross-entropy about 2.5 nats and the
     # generator loss 0.7: at weights 0.1 both swamp reconstruction. Weights scaled to it, with and without the start:
