@@ -19,24 +19,26 @@ from openlam.eval.table import build_table
 from openlam.label import shard_table
 from test_eval import GAP, pairs_of, quantize, value
 
-NAMES = ["cam_dx", "light_scale", "body0_x", "shake_view0_rx", "shake_view0_ry", "shake_view0_rz",
+NAMES = ["cam_dx", "light_scale", "body0_x", "body1_x", "shake_view0_rx", "shake_view0_ry", "shake_view0_rz",
          "shake_view1_rx", "shake_view1_ry", "shake_view1_rz"]
 
 
 @pytest.fixture(scope="module")
 def distractor_cache(tmp_path_factory):
     """Squares whose episodes record a distractor state per frame: a per-episode constant (cam_dx),
-    a flickering light, a drifting body and an independent shake per camera."""
+    a flickering light, a drifting body, a second body that moves only from episode 30 on, and an
+    independent shake per camera."""
     root = tmp_path_factory.mktemp("distr")
     rng = np.random.default_rng(3)
     eps = moving_squares(episodes=40, length=24, size=32, seed=2)
-    for ep in eps:
+    for e, ep in enumerate(eps):
         T = ep.length
         d = np.zeros((T, len(NAMES)), np.float32)
         d[:, 0] = rng.normal()  # constant within the episode: not a target
         d[:, 1] = 1 + 0.2 * rng.uniform(-1, 1, T)
         d[:, 2] = np.cumsum(rng.normal(0, 0.05, T))
-        d[:, 3:] = rng.normal(0, 1.0, (T, 6))
+        d[:, 3] = np.cumsum(rng.normal(0, 0.05, T)) if e >= 30 else 0.0
+        d[:, 4:] = rng.normal(0, 1.0, (T, 6))
         ep.extras[DISTRACTORS] = d
         ep.metadata["distractor_params"] = NAMES
     ds = write_lerobot(root / "ds", eps, fps=10.0)
@@ -69,12 +71,15 @@ def test_targets_pick_moving_dims_and_each_rows_own_camera(distractor_cache, tmp
     write_labels(tmp_path / "l", cache, quantize(target, 8), target.astype(np.float32), 8)
     table = build_table(tmp_path / "l", cache)
     state, change, names = distractor_targets(table, cache)
-    assert names == ["light_scale", "body0_x", "shake_rx", "shake_ry", "shake_rz"]  # cam_dx is constant per episode
+    assert names == ["light_scale", "body0_x", "body1_x", "shake_rx", "shake_ry", "shake_rz"]  # cam_dx is constant per episode
     x = np.asarray(cache.extra(DISTRACTORS))
     g0 = cache.starts[ep] + fr
-    own = np.where(vw == "view0", 3, 6)
-    np.testing.assert_allclose(state[:, 2], x[g0 + GAP, own])
+    own = np.where(vw == "view0", 4, 7)
+    np.testing.assert_allclose(state[:, 3], x[g0 + GAP, own])
     np.testing.assert_allclose(change[:, 1], x[g0 + GAP, 2] - x[g0, 2], atol=1e-6)
+    # fit on episodes where body1 never moves: it is no target (it could not be learned there)
+    early = np.nonzero(table.episode < 30)[0]
+    assert distractor_targets(table, cache, early)[2] == ["light_scale", "body0_x", "shake_rx", "shake_ry", "shake_rz"]
 
 
 def test_background_that_encodes_distractors_is_told_apart_from_an_action_oracle(distractor_cache, tmp_path):

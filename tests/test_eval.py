@@ -227,6 +227,10 @@ def test_cka_across_tasks_reads_the_task_of_each_row(squares_cache, tmp_path):
     bad = value(cka_records(table, cfg), metric="cka")
     assert bad["value"] < good["value"] - 0.3
     assert cka_records(table, EvalConfig(cka_rounds=10, cka_domains=["view"]))[0]["domain"] == "view"
+    # few rows allowed: episodes are drawn per task, so a task of a few long episodes keeps >= 2
+    table.task = np.where(table.episode < 3, "rare", "common").astype(object)
+    small = cka_records(table, EvalConfig(cka_rounds=5, cka_domains=["task"], cka_max_rows=120))
+    assert value(small, metric="cka")["value"] is not None and value(small, metric="cka")["domains"] == "common|rare"
     with pytest.raises(Exception, match="cka_domains"):
         EvalConfig(cka_domains=["robot"]).validate()
 

@@ -11,8 +11,9 @@ split predicts, from each latent, two targets on every held-out split:
 - change: their change from t to t+H (what an action latent would carry if it encoded the
   distractors' motion as "what changed").
 
-Only the dims that move within episodes are targets (per-episode factors are constant over a pair);
-a camera's shake is read for the rows of that camera. The reference "action" feature is the real
+Only the dims that move within the train split's episodes are targets (per-episode factors are
+constant over a pair; a dim that never moves in train cannot be learned there); a camera's shake is
+read for the rows of that camera. The reference "action" feature is the real
 action target over the gap: what an ideally action-centric latent knows, so an action latent that
 predicts the distractors clearly better than it carries them. NMSE 1 = no better than the mean.
 """
@@ -31,46 +32,48 @@ DISTRACTORS = "observation.distractors"
 TARGETS = ("state", "change")
 
 
-def distractor_targets(table: EvalTable, cache: FrameCache) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    """(state at t+H, change t -> t+H, names) per labelled row over the moving dims; None when the
+def distractor_targets(table: EvalTable, cache: FrameCache, fit: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """(state at t+H, change t -> t+H, names) per labelled row over the dims that move within the
+    episodes of the `fit` rows (all rows when None): a dim that never moves where the probe is fit
+    cannot be learned, and would read as a failure on a split where it does move. None when the
     data records no distractors or none of them moves."""
     if DISTRACTORS not in cache.extras or not len(table):
         return None
     x = np.asarray(cache.extra(DISTRACTORS), np.float64)
-    names = list(cache.episodes[0]["metadata"].get("distractor_params") or [f"d{i}" for i in range(x.shape[1])])
+    names = list(cache.episodes[0]["metadata"].get("distractor_params") or [])
     if len(names) != x.shape[1]:
         names = [f"d{i}" for i in range(x.shape[1])]
-    starts = cache.starts
-    ep_of_frame = np.repeat(np.arange(len(starts)), [e["length"] for e in cache.episodes])
-    sums = np.zeros((len(starts), x.shape[1]))
-    np.add.at(sums, ep_of_frame, x)
-    episode_mean = sums / np.maximum(np.bincount(ep_of_frame, minlength=len(starts)), 1)[:, None]
-    moving = ((x - episode_mean[ep_of_frame]) ** 2).mean(0) > 1e-10  # varies within episodes
-    common = [i for i, n in enumerate(names) if moving[i] and not n.startswith("shake_")]
+    index = {n: i for i, n in enumerate(names)}
     shake_axes = ("rx", "ry", "rz")
-    has_shake = any(moving[i] for i, n in enumerate(names) if n.startswith("shake_"))
-    g0 = starts[table.episode] + table.frame
+    # per row: the non-shake dims, then the shake of the row's own camera (zeros for a camera without)
+    cols = [i for i, n in enumerate(names) if not n.startswith("shake_")]
+    own = np.zeros((len(table), 3), np.int64)
+    has = np.zeros(len(table), bool)
+    for v in np.unique(table.view):
+        keys = [f"shake_{v}_{a}" for a in shake_axes]
+        if all(k in index for k in keys):
+            own[table.view == v] = [index[k] for k in keys]
+            has[table.view == v] = True
+    g0 = cache.starts[table.episode] + table.frame
     g1 = g0 + table.gap
-    cols = [x[:, common]]
-    out_names = [names[i] for i in common]
-    if has_shake:  # each row reads its own camera's shake
-        own = np.zeros((len(table), 3), np.int64)
-        has = np.zeros(len(table), bool)
-        index = {n: i for i, n in enumerate(names)}
-        for v in np.unique(table.view):
-            keys = [f"shake_{v}_{a}" for a in shake_axes]
-            if all(k in index for k in keys):
-                rows = table.view == v
-                own[rows] = [index[k] for k in keys]
-                has[rows] = True
-        s0 = np.where(has[:, None], x[g0[:, None], own], 0.0)
-        s1 = np.where(has[:, None], x[g1[:, None], own], 0.0)
-        out_names += [f"shake_{a}" for a in shake_axes]
-    if not out_names:
+
+    def at(g: np.ndarray) -> np.ndarray:
+        return np.concatenate([x[g][:, cols], np.where(has[:, None], x[g[:, None], own], 0.0)], 1)
+
+    s0, s1 = at(g0), at(g1)
+    all_names = [names[i] for i in cols] + [f"shake_{a}" for a in shake_axes]
+    rows = np.arange(len(table)) if fit is None else np.asarray(fit)
+    _, inv = np.unique(table.episode[rows], return_inverse=True)
+    inv = inv.reshape(-1)
+    y = s1[rows]
+    mean = np.zeros((inv.max() + 1, y.shape[1]))
+    np.add.at(mean, inv, y)
+    mean /= np.bincount(inv)[:, None]
+    moving = ((y - mean[inv]) ** 2).mean(0) > 1e-10  # varies within the fit episodes
+    if not moving.any():
         return None
-    state = np.concatenate([cols[0][g1]] + ([s1] if has_shake else []), 1)
-    change = state - np.concatenate([cols[0][g0]] + ([s0] if has_shake else []), 1)
-    return state, change, out_names
+    return s1[:, moving], (s1 - s0)[:, moving], [n for n, m in zip(all_names, moving) if m]
 
 
 def latent_sets(table: EvalTable) -> dict[str, np.ndarray]:
@@ -86,7 +89,7 @@ def latent_sets(table: EvalTable) -> dict[str, np.ndarray]:
 
 def distractor_records(table: EvalTable, cache: FrameCache, train: np.ndarray, splits: list[str]) -> list[dict[str, Any]]:
     """distractor_probe_nmse per latent, target (state, change) and held-out split."""
-    got = distractor_targets(table, cache)
+    got = distractor_targets(table, cache, train)
     if got is None:
         return []
     state, change, names = got

@@ -179,9 +179,13 @@ def cka_records(table: EvalTable, cfg: EvalConfig) -> list[dict[str, Any]]:
     recs: list[dict[str, Any]] = []
     for kind in cfg.cka_domains:
         domain = table.view if kind == "view" else table.task
-        if len(set(domain.tolist())) < 2:
+        names = sorted(set(domain.tolist()))
+        if len(names) < 2:
             continue
-        rows = _sample_episodes(table.episode, np.arange(len(table)), cfg.cka_max_rows, cfg.seed)
+        # whole episodes, drawn per domain: every domain keeps episodes to fit and score its classifier
+        # on (a draw over all episodes can leave a task with one); views of one episode share its draw
+        rows = np.concatenate([_sample_episodes(table.episode, np.nonzero(domain == d)[0], cfg.cka_max_rows // len(names), cfg.seed)
+                               for d in names])
         recs += [{**r, "split": "all", "domain": kind} for r in cka_alignment(
             table.z[rows], table.tokens[rows], domain[rows], table.episode[rows], rounds=cfg.cka_rounds, seed=cfg.seed)]
     return recs
