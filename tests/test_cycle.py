@@ -203,26 +203,33 @@ def test_cycle_counts_only_after_its_start():
 
 
 def test_cycle_experiments_share_runs_and_ablate_one_option_each():
-    """The ablation file reuses the comparison's ac3 and ceiling runs (same config, seed, data and
-    evaluation: trained and evaluated once) and changes exactly one cycle option per arm."""
+    """The ablation files reuse the comparison's ac3 and ceiling runs (same config, seed, data and
+    evaluation: trained and evaluated once) and change exactly one cycle option per arm."""
     from openlam.config import to_dict
     from openlam.experiment import _train_config, arm_eval_config, data_key, load_experiment
 
     root = Path(__file__).resolve().parents[1] / "configs" / "experiments"
-    main, abl = load_experiment(root / "cycle_vs_recon.yaml", []), load_experiment(root / "cycle_ablations.yaml", [])
-    arms = {e.name: {a.name: a for a in e.arms} for e in (main, abl)}
-    assert main.out == abl.out and data_key(main) == data_key(abl) and main.train == abl.train and main.ceiling == abl.ceiling
-    for name in ("ac3", "supervised"):
-        a, b = arms["cycle_vs_recon"][name], arms["cycle_ablations"][name]
-        assert to_dict(_train_config(main, a, 1, Path("c"), Path(main.out))) == to_dict(_train_config(abl, b, 1, Path("c"), Path(abl.out)))
-        assert to_dict(arm_eval_config(main, a)) == to_dict(arm_eval_config(abl, b))
-    assert Path(abl.report) != Path(abl.out) / "report"  # its own side-by-side report
-    base = to_dict(_train_config(abl, arms["cycle_ablations"]["ac3"], 0, Path("c"), Path(abl.out)))
+    main = load_experiment(root / "cycle_vs_recon.yaml", [])
     changed = {"buffer1": ("buffer_batches", 1), "buffer16": ("buffer_batches", 16), "no_disc": ("discriminator", "none"),
                "local_disc": ("discriminator", "local")}
-    for name, (key, val) in changed.items():
-        t = to_dict(_train_config(abl, arms["cycle_ablations"][name], 0, Path("c"), Path(abl.out)))
-        cyc, ref = t["objectives"][1], base["objectives"][1]
-        assert cyc["kind"] == "cycle" and cyc["options"][key] == val != ref["options"][key]
-        assert {k: v for k, v in cyc["options"].items() if k != key} == {k: v for k, v in ref["options"].items() if k != key}
-        assert {k: v for k, v in t.items() if k not in ("objectives", "out")} == {k: v for k, v in base.items() if k not in ("objectives", "out")}
+    seen = set()
+    for file in ("cycle_buffer.yaml", "cycle_discriminator.yaml"):
+        abl = load_experiment(root / file, [])
+        arms = {e.name: {a.name: a for a in e.arms} for e in (main, abl)}
+        assert main.out == abl.out and data_key(main) == data_key(abl) and main.train == abl.train and main.ceiling == abl.ceiling
+        for name in ("ac3", "supervised"):
+            a, b = arms[main.name][name], arms[abl.name][name]
+            assert to_dict(_train_config(main, a, 1, Path("c"), Path(main.out))) == to_dict(_train_config(abl, b, 1, Path("c"), Path(abl.out)))
+            assert to_dict(arm_eval_config(main, a)) == to_dict(arm_eval_config(abl, b))
+        assert Path(abl.report) != Path(abl.out) / "report"  # its own side-by-side report
+        base = to_dict(_train_config(abl, arms[abl.name]["ac3"], 0, Path("c"), Path(abl.out)))
+        for name in set(arms[abl.name]) - {"ac3", "supervised"}:
+            key, val = changed[name]
+            seen.add(name)
+            t = to_dict(_train_config(abl, arms[abl.name][name], 0, Path("c"), Path(abl.out)))
+            cyc, ref = t["objectives"][1], base["objectives"][1]
+            assert cyc["kind"] == "cycle" and cyc["options"][key] == val != ref["options"][key]
+            assert {k: v for k, v in cyc["options"].items() if k != key} == {k: v for k, v in ref["options"].items() if k != key}
+            assert ({k: v for k, v in t.items() if k not in ("objectives", "out")}
+                    == {k: v for k, v in base.items() if k not in ("objectives", "out")})
+    assert seen == set(changed)
