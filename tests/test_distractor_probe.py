@@ -74,8 +74,10 @@ def test_targets_pick_moving_dims_and_each_rows_own_camera(distractor_cache, tmp
     assert names == ["light_scale", "body0_x", "body1_x", "shake_rx", "shake_ry", "shake_rz"]  # cam_dx is constant per episode
     x = np.asarray(cache.extra(DISTRACTORS))
     g0 = cache.starts[ep] + fr
-    own = np.where(vw == "view0", 4, 7)
-    np.testing.assert_allclose(state[:, 3], x[g0 + GAP, own])
+    for a in range(3):  # every axis of the row's own camera's shake, at t+H and as a change
+        own = np.where(vw == "view0", 4, 7) + a
+        np.testing.assert_allclose(state[:, 3 + a], x[g0 + GAP, own])
+        np.testing.assert_allclose(change[:, 3 + a], x[g0 + GAP, own] - x[g0, own], atol=1e-6)
     np.testing.assert_allclose(change[:, 1], x[g0 + GAP, 2] - x[g0, 2], atol=1e-6)
     # fit on episodes where body1 never moves: it is no target (it could not be learned there)
     early = np.nonzero(table.episode < 30)[0]
@@ -117,3 +119,13 @@ def test_no_distractor_state_no_records(tmp_path):
     write_labels(tmp_path / "l", cache, quantize(target, 4), target.astype(np.float32), 4)
     table = build_table(tmp_path / "l", cache)
     assert distractor_targets(table, cache) is None and distractor_records(table, cache, table.rows("train"), ["test"]) == []
+
+
+def test_names_that_do_not_match_the_columns_are_an_error(distractor_cache, tmp_path, monkeypatch):
+    cache, _ = distractor_cache
+    ep, _, _, target = pairs_of(cache)
+    write_labels(tmp_path / "l", cache, quantize(target, 8), target.astype(np.float32), 8)
+    table = build_table(tmp_path / "l", cache)
+    monkeypatch.setitem(cache.episodes[0]["metadata"], "distractor_params", NAMES[:-1])
+    with pytest.raises(DataError, match="distractor_params"):
+        distractor_targets(table, cache)

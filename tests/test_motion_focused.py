@@ -219,6 +219,15 @@ def test_labels_carry_the_background_tokens(squares, tmp_path):
     assert t["tokens"][17].as_py() == enc.quant.indices[0].tolist()
     table = build_table(tmp_path / "labels", cache)
     assert table.bg_tokens is not None and table.bg_z is not None
+    # a labelling made without the background columns is not silently reused
+    import json
+
+    from openlam.errors import OpenLAMError
+
+    stale = {k: v for k, v in json.loads((tmp_path / "labels" / "labels.json").read_text()).items() if not k.startswith("background")}
+    (tmp_path / "labels" / "labels.json").write_text(json.dumps(stale))
+    with pytest.raises(OpenLAMError, match="background_tokens"):
+        label(tmp_path / "m", squares, tmp_path / "labels", from_dict(LabelConfig, {"gap": {"seconds": None, "frames": 2}}))
     assert table.bg_tokens.shape == (len(table), 2) and table.bg_z.shape == (len(table), 2 * 8) and table.bg_codebook_size == 8
 
 

@@ -113,7 +113,8 @@ def _label(model_path, dataset, out: Path, cfg: LabelConfig, info, device) -> di
         where = ("complete", "unlabelled_episodes", "model", "cache", "cache_absolute")
         old = {k: v for k, v in json.loads(meta_path.read_text()).items() if k not in where}
         now = {k: v for k, v in meta.items() if k not in where}
-        diff = sorted(k for k in old if k not in now or old[k] != now[k])  # a key added since is not a difference
+        diff = sorted(k for k in old if k not in now or old[k] != now[k])  # a key added since is not a difference,
+        diff += [k for k in ("background_tokens",) if k in now and k not in old]  # unless it adds columns to the shards
         if diff:
             raise OpenLAMError(f"{meta_path}: a labelling with different settings is there ({diff}); use another --out")
     elif info.main:

@@ -20,11 +20,13 @@ predicts the distractors clearly better than it carries them. NMSE 1 = no better
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 
 from openlam.data.cache import FrameCache
+from openlam.errors import DataError
 from openlam.eval.probes import fit_ridge_cv, nmse_estimate, one_hot_tokens, per_dim_nmse
 from openlam.eval.table import EvalTable
 
@@ -38,12 +40,18 @@ def distractor_targets(table: EvalTable, cache: FrameCache, fit: np.ndarray | No
     episodes of the `fit` rows (all rows when None): a dim that never moves where the probe is fit
     cannot be learned, and would read as a failure on a split where it does move. None when the
     data records no distractors or none of them moves."""
+    if "extras" not in cache.meta:
+        warnings.warn(f"{cache.path}: a frame cache made before per-frame extras were cached; rebuild it for the "
+                      "distractor probes (they are skipped)", stacklevel=2)
     if DISTRACTORS not in cache.extras or not len(table):
         return None
     x = np.asarray(cache.extra(DISTRACTORS), np.float64)
     names = list(cache.episodes[0]["metadata"].get("distractor_params") or [])
-    if len(names) != x.shape[1]:
+    if not names:  # unnamed dims: none is a camera's shake, every one is read for every row
         names = [f"d{i}" for i in range(x.shape[1])]
+    if len(names) != x.shape[1]:
+        raise DataError(cache.path / "cache.json", "episodes[0].metadata.distractor_params",
+                        f"{x.shape[1]} names, one per {DISTRACTORS} dim", str(len(names)))
     index = {n: i for i, n in enumerate(names)}
     shake_axes = ("rx", "ry", "rz")
     # per row: the non-shake dims, then the shake of the row's own camera (zeros for a camera without)
