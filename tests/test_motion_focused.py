@@ -241,8 +241,16 @@ def test_distractor_experiment_moves_distractors_in_every_split():
     g = exp.generate
     dyn = PRESETS[g.distractors]
     assert dyn.role == "id" and dyn.light_flicker > 0 and dyn.moving_bodies >= 1 and dyn.camera_shake_std > 0
-    assert g.masks and set(g.ood_distractors) == {"ood_objects", "ood_shake", "ood_light"}
-    assert PRESETS["ood_objects"].moving_bodies > dyn.moving_bodies and PRESETS["ood_shake"].camera_shake_std > dyn.camera_shake_std
-    assert PRESETS["ood_light"].light_flicker > dyn.light_flicker
+    from dataclasses import asdict
+
+    assert g.masks and len(g.ood_distractors) == 3
+    pushed = {"ood_dynamic_objects": {"moving_bodies"}, "ood_dynamic_shake": {"camera_shake_std"},
+              "ood_dynamic_light": {"light_scale", "light_pos_std", "light_flicker"}}
+    for name in g.ood_distractors:  # each OOD split keeps everything dynamic moves and pushes one factor
+        ood = asdict(PRESETS[name])
+        assert ood.pop("role") == "ood" and {k for k, v in ood.items() if v != asdict(dyn)[k]} == pushed[name]
+    assert PRESETS["ood_dynamic_objects"].moving_bodies > dyn.moving_bodies
+    assert PRESETS["ood_dynamic_shake"].camera_shake_std > dyn.camera_shake_std
+    assert PRESETS["ood_dynamic_light"].light_flicker > dyn.light_flicker
     assert [a.name for a in exp.arms] == ["vanilla", "motion_focused", "vanilla_light", "supervised"] and len(exp.seeds) >= 3
     assert "task" in exp.eval.cka_domains

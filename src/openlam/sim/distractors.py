@@ -10,7 +10,7 @@ see exactly what changed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import mujoco
@@ -64,6 +64,13 @@ PRESETS: dict[str, DistractorConfig] = {
     "ood_all": DistractorConfig(role="ood", camera_pos_std=0.08, camera_rot_std=5.0, camera_shake_std=0.8,
                                 light_scale=(0.4, 1.6), light_pos_std=0.4, light_flicker=0.15, colour_jitter=0.3,
                                 textures="noise", moving_bodies=2),
+}
+# OOD for data trained under `dynamic`: everything `dynamic` moves, with one factor pushed further
+# (so each split isolates that factor rather than also removing the others)
+PRESETS |= {
+    "ood_dynamic_objects": replace(PRESETS["dynamic"], role="ood", moving_bodies=3),
+    "ood_dynamic_shake": replace(PRESETS["dynamic"], role="ood", camera_shake_std=1.5),
+    "ood_dynamic_light": replace(PRESETS["dynamic"], role="ood", light_scale=(0.4, 1.6), light_pos_std=0.4, light_flicker=0.3),
 }
 
 EPISODE_PARAMS = ["cam_dx", "cam_dy", "cam_dz", "cam_rot_deg", "light_scale", "colour_shift", "n_bodies"]
