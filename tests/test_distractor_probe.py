@@ -5,10 +5,8 @@ cache's per-frame extras as the generator records them."""
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
-from openlam.artifacts import atomic_write_json
 from openlam.data.cache import CacheConfig, FrameCache, build_cache
 from openlam.data.lerobot_writer import write_lerobot
 from openlam.data.synthetic import moving_squares
@@ -16,8 +14,7 @@ from openlam.errors import DataError
 from openlam.eval.distractors import DISTRACTORS, distractor_records, distractor_targets
 from openlam.eval.suite import EvalConfig, metric_records
 from openlam.eval.table import build_table
-from openlam.label import shard_table
-from test_eval import GAP, pairs_of, quantize, value
+from test_eval import GAP, pairs_of, quantize, value, write_labels
 
 NAMES = ["cam_dx", "light_scale", "body0_x", "body1_x", "shake_view0_rx", "shake_view0_ry", "shake_view0_rz",
          "shake_view1_rx", "shake_view1_ry", "shake_view1_rz"]
@@ -53,23 +50,17 @@ def test_cache_keeps_per_frame_extras_exactly(distractor_cache):
         cache.extra("observation.nope")
 
 
-def write_labels(out, cache, tokens, z, C, bg_tokens=None, bg_z=None, bg_C=0):
-    ep, fr, vw, _ = pairs_of(cache)
-    (out / "shards").mkdir(parents=True)
-    bg = None if bg_tokens is None else (bg_tokens, bg_z)
-    pq.write_table(shard_table(ep, fr, vw, np.full(len(ep), GAP), tokens, z, bg), out / "shards" / "shard-00000.parquet")
-    meta = {"complete": True, "shards": 1, "num_tokens": tokens.shape[1], "codebook_size": C,
-            "code_dim": z.shape[1] // tokens.shape[1], "gap": {"frames": GAP}, "cache": str(cache.path)}
-    if bg is not None:
-        meta |= {"background_tokens": bg_tokens.shape[1], "background_codebook_size": bg_C}
-    atomic_write_json(out / "labels.json", meta)
+def oracle_table(cache: FrameCache, out, background: tuple[np.ndarray, np.ndarray, int] | None = None):
+    """The eval table of an action-oracle labelling (codes quantise the action, z is the action),
+    with a background bottleneck's labels when given; and every pair's (episode, frame, view)."""
+    ep, fr, vw, target = pairs_of(cache)
+    write_labels(out, cache, quantize(target, 8), target.astype(np.float32), 8, background)
+    return build_table(out, cache), ep, fr, vw
 
 
 def test_targets_pick_moving_dims_and_each_rows_own_camera(distractor_cache, tmp_path):
     cache, _ = distractor_cache
-    ep, fr, vw, target = pairs_of(cache)
-    write_labels(tmp_path / "l", cache, quantize(target, 8), target.astype(np.float32), 8)
-    table = build_table(tmp_path / "l", cache)
+    table, ep, fr, vw = oracle_table(cache, tmp_path / "l")
     state, change, names = distractor_targets(table, cache)
     assert names == ["light_scale", "body0_x", "body1_x", "shake_rx", "shake_ry", "shake_rz"]  # cam_dx is constant per episode
     x = np.asarray(cache.extra(DISTRACTORS))
@@ -86,16 +77,12 @@ def test_targets_pick_moving_dims_and_each_rows_own_camera(distractor_cache, tmp
 
 def test_background_that_encodes_distractors_is_told_apart_from_an_action_oracle(distractor_cache, tmp_path):
     cache, _ = distractor_cache
-    ep, fr, vw, target = pairs_of(cache)
-    write_labels(tmp_path / "probe", cache, quantize(target, 8), target.astype(np.float32), 8)
-    table = build_table(tmp_path / "probe", cache)
+    table, ep, _, _ = oracle_table(cache, tmp_path / "probe")
     state, change, _ = distractor_targets(table, cache)
     rng = np.random.default_rng(0)
     # the background's continuous latent knows the state at t and at t+H (so the change too), its codes the state at t+H
     bg_z = np.concatenate([state, state - change], 1) + 0.001 * rng.standard_normal((len(state), 2 * state.shape[1]))
-    write_labels(tmp_path / "mf", cache, quantize(target, 8), target.astype(np.float32), 8,
-                 quantize(state, 16), bg_z.astype(np.float32), 16)
-    table = build_table(tmp_path / "mf", cache)
+    table, _, _, _ = oracle_table(cache, tmp_path / "mf", (quantize(state, 16), bg_z.astype(np.float32), 16))
     assert table.bg_tokens.shape == (len(ep), state.shape[1]) and table.bg_codebook_size == 16
     recs = distractor_records(table, cache, table.rows("train"), table.eval_splits())
     for feats in ("action continuous", "action onehot", "reference: real action"):
@@ -115,17 +102,13 @@ def test_background_that_encodes_distractors_is_told_apart_from_an_action_oracle
 def test_no_distractor_state_no_records(tmp_path):
     ds = write_lerobot(tmp_path / "ds", moving_squares(episodes=6, length=12, size=16), fps=10.0)
     cache = FrameCache(build_cache(ds, tmp_path / "cache", CacheConfig(size=16)))
-    ep, _, _, target = pairs_of(cache)
-    write_labels(tmp_path / "l", cache, quantize(target, 4), target.astype(np.float32), 4)
-    table = build_table(tmp_path / "l", cache)
+    table, _, _, _ = oracle_table(cache, tmp_path / "l")
     assert distractor_targets(table, cache) is None and distractor_records(table, cache, table.rows("train"), ["test"]) == []
 
 
 def test_names_that_do_not_match_the_columns_are_an_error(distractor_cache, tmp_path, monkeypatch):
     cache, _ = distractor_cache
-    ep, _, _, target = pairs_of(cache)
-    write_labels(tmp_path / "l", cache, quantize(target, 8), target.astype(np.float32), 8)
-    table = build_table(tmp_path / "l", cache)
+    table, _, _, _ = oracle_table(cache, tmp_path / "l")
     monkeypatch.setitem(cache.episodes[0]["metadata"], "distractor_params", NAMES[:-1])
     with pytest.raises(DataError, match="distractor_params"):
         distractor_targets(table, cache)

@@ -53,13 +53,19 @@ def pairs_of(cache: FrameCache) -> tuple[np.ndarray, ...]:
     return ep, fr, vw, target
 
 
-def write_labels(out, cache: FrameCache, tokens: np.ndarray, z: np.ndarray, codebook_size: int) -> None:
-    """A labelling in exactly the format `openlam label` writes, from any labeller."""
+def write_labels(out, cache: FrameCache, tokens: np.ndarray, z: np.ndarray, codebook_size: int,
+                 background: tuple[np.ndarray, np.ndarray, int] | None = None) -> None:
+    """A labelling in exactly the format `openlam label` writes, from any labeller; `background`:
+    a background bottleneck's (tokens, embeddings, codebook size)."""
     ep, fr, vw, _ = pairs_of(cache)
     (out / "shards").mkdir(parents=True)
-    pq.write_table(shard_table(ep, fr, vw, np.full(len(ep), GAP), tokens, z), out / "shards" / "shard-00000.parquet")
-    atomic_write_json(out / "labels.json", {"complete": True, "shards": 1, "num_tokens": tokens.shape[1], "codebook_size": codebook_size,
-                                            "code_dim": z.shape[1] // tokens.shape[1], "gap": {"frames": GAP}, "cache": str(cache.path)})
+    bg = None if background is None else background[:2]
+    pq.write_table(shard_table(ep, fr, vw, np.full(len(ep), GAP), tokens, z, bg), out / "shards" / "shard-00000.parquet")
+    meta = {"complete": True, "shards": 1, "num_tokens": tokens.shape[1], "codebook_size": codebook_size,
+            "code_dim": z.shape[1] // tokens.shape[1], "gap": {"frames": GAP}, "cache": str(cache.path)}
+    if background is not None:
+        meta |= {"background_tokens": background[0].shape[1], "background_codebook_size": background[2]}
+    atomic_write_json(out / "labels.json", meta)
 
 
 def quantize(x: np.ndarray, bins: int) -> np.ndarray:

@@ -215,7 +215,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             runs[arm.name].append(run)
             timing[arm.name].append((tr, ev))
     all_runs = [r for a in cfg.arms for r in runs[a.name]]
-    report = Path(cfg.report) if cfg.report else out / "report"
+    report = report_dir(cfg)
     write_report(all_runs, report)
     metrics = {a.name: [load_metrics(r) for r in runs[a.name]] for a in cfg.arms}
     wall = time.perf_counter() - t0
@@ -228,6 +228,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     record_section(f"experiment: {cfg.name} ({cfg.scale})", section, path=cfg.results)
     return {"out": str(out), "report": str(report / "report.md"), "results": cfg.results, "numbers": str(numbers),
             "wall_s": wall}
+
+
+def report_dir(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.report) if cfg.report else Path(cfg.out) / "report"
 
 
 def results_json_path(cfg: ExperimentConfig) -> Path:
@@ -361,7 +365,7 @@ def results_section(cfg: ExperimentConfig, metrics: dict[str, list[dict[str, Any
         f"Wall time of this invocation: {wall / 60:.1f} min (data {data_s / 60:.1f} min). Training time per run, from each "
         "run's summary.json: " + ", ".join(f"{a} {np.mean(train_s[a]) / 60:.1f} min" for a in arms)
         + f"; evaluation per run {np.mean(eval_s) / 60:.1f} min. "
-        f"Full side-by-side report: `{Path(cfg.report or Path(cfg.out) / 'report') / 'report.md'}`; every number below, per seed, in "
+        f"Full side-by-side report: `{report_dir(cfg) / 'report.md'}`; every number below, per seed, in "
         f"`{results_json_path(cfg)}`.",
         "",
         "Verdicts on the held-out test split (`openlam report` and the table below have the numbers behind each):",
