@@ -5,7 +5,8 @@
 #   2. a stage-1 run through the real CLI on CUDA with bf16 + compile, stopped half-way and resumed.
 #   3. the same through torchrun (NCCL process group, one rank).
 #   4. the CycleMimic and Motion-Focused tiny presets (extra decoder passes, a second optimiser).
-# Usage: OUT=runs/gpu_check bash scripts/gpu_check.sh   (PY picks the interpreter, default python3)
+# Usage: OUT=runs/gpu_check bash scripts/gpu_check.sh   (PY picks the interpreter, default python3;
+#        SECTIONS picks among "bench train objectives", default all three; PRESETS narrows the last)
 # Logs go to OUT; data and runs to WORK (default /tmp/openlam_gpu_check), so OUT stays a few files.
 # About 6 min on an H200, most of it compiling.
 set -uo pipefail
@@ -14,6 +15,8 @@ PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-400}
 WORK=${WORK:-/tmp/openlam_gpu_check}
+SECTIONS=${SECTIONS:-bench train objectives}
+has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}src
 ok() { echo "== $1: $([ "$2" = 0 ] && echo ok || echo "FAILED (rc $2)")" | tee -a "$OUT/summary.txt"; }
@@ -21,7 +24,7 @@ ok() { echo "== $1: $([ "$2" = 0 ] && echo ok || echo "FAILED (rc $2)")" | tee -
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
 
-if [ "$DEVICE" = cuda ]; then
+if [ "$DEVICE" = cuda ] && has bench; then
   $PY -m openlam bench train configs/bench/lapa_gpu.yaml --steps 30 2>&1 | tee -a "$OUT/bench.log"; ok "bench bf16 compile" $?
   $PY -m openlam bench train configs/bench/lapa_gpu.yaml --steps 30 compile=false 2>&1 | tee -a "$OUT/bench.log"; ok "bench bf16 eager" $?
   $PY -m openlam bench train configs/bench/lapa_gpu.yaml --steps 20 compile=false batch_size=256 2>&1 | tee -a "$OUT/bench.log"; ok "bench bf16 eager b256" $?
@@ -40,13 +43,18 @@ ok "synthetic dataset" $?
 TRAIN=(configs/lapa_tiny.yaml "data.dataset=$DATA" data.workers=4 "device=$DEVICE" log_every=25 preview_every=0
        ckpt_every=$((STEPS / 4)) probe_every=$((STEPS / 2)) time_limit_s=0 batch_size=64)
 [ "$DEVICE" = cuda ] && TRAIN+=(precision=bf16 compile=true)
-$PY -m openlam train "${TRAIN[@]}" "out=$WORK/run" steps=$((STEPS / 2)) 2>&1 | tee -a "$OUT/train.log"; ok "train first half" $?
-$PY -m openlam train --resume "${TRAIN[@]}" "out=$WORK/run" steps=$STEPS 2>&1 | tee -a "$OUT/train.log"; ok "train resumed" $?
-$PY -m torch.distributed.run --standalone --nproc_per_node 1 -m openlam train "${TRAIN[@]}" "out=$WORK/ddp" steps=$((STEPS / 2)) compile=false \
-  2>&1 | tee -a "$OUT/train.log"; ok "torchrun (1 rank)" $?
+if has train; then
+  $PY -m openlam train "${TRAIN[@]}" "out=$WORK/run" steps=$((STEPS / 2)) 2>&1 | tee -a "$OUT/train.log"; ok "train first half" $?
+  $PY -m openlam train --resume "${TRAIN[@]}" "out=$WORK/run" steps=$STEPS 2>&1 | tee -a "$OUT/train.log"; ok "train resumed" $?
+  $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m openlam train "${TRAIN[@]}" "out=$WORK/ddp" steps=$((STEPS / 2)) compile=false \
+    2>&1 | tee -a "$OUT/train.log"; ok "torchrun (1 rank)" $?
+fi
 # the objectives with extra decoder passes and their own optimiser step, compiled
-for preset in cyclemimic_tiny motion_focused_tiny; do
-  $PY -m openlam train "configs/$preset.yaml" "data.dataset=$DATA" data.workers=4 "device=$DEVICE" log_every=25 preview_every=0 \
+# (the cycle and its GAN loss start at step 250 in the preset: here early enough to run for most steps)
+CYCLE_ON=("objectives.1.options.start=$((STEPS / 8))" "objectives.1.options.adversarial_start=$((STEPS / 8))")
+for preset in ${PRESETS:-$(has objectives && echo cyclemimic_tiny motion_focused_tiny)}; do
+  extra=(); [ "$preset" = cyclemimic_tiny ] && extra=("${CYCLE_ON[@]}")
+  $PY -m openlam train "configs/$preset.yaml" "${extra[@]}" "data.dataset=$DATA" data.workers=4 "device=$DEVICE" log_every=25 preview_every=0 \
     ckpt_every=$STEPS time_limit_s=0 batch_size=64 "out=$WORK/$preset" steps=$((STEPS / 2)) \
     $([ "$DEVICE" = cuda ] && echo precision=bf16 compile=true) 2>&1 | tee -a "$OUT/train.log"; ok "train $preset" $?
 done
