@@ -125,7 +125,24 @@ def test_oracle_labeller_is_action_centric_and_random_is_not(squares_cache, tmp_
     vp = value(good, metric="viewpoint_probe_accuracy", features="onehot")
     assert vp["value"] < vp["chance"] + 0.1
     assert value(good, metric="crossview_token_agreement", views="mean")["value"] == 1.0
-    from openlam.eval.verdict import readings
+    # bound on the tokens only: the same token bound and floors, no continuous bound, the verdict says so
+    from dataclasses import replace
+
+    from openlam.eval.information import bound_records
+
+    table = build_table(tmp_path / "oracle", cache)
+    only = bound_records(table, table.rows("train"), table.eval_splits(), replace(FAST, bound_features=["tokens"]))
+    assert not [r for r in only if r["metric"] == "mi_bound" and r["features"] == "continuous"]
+    assert value(only, metric="mi_bound", features="tokens", split="test")["value"] == pytest.approx(
+        value(good, metric="mi_bound", features="tokens", split="test")["value"], abs=1e-12)
+    assert value(only, metric="reference_mi_bound", labeller="episode_id", split="test")["value"] == pytest.approx(
+        floors[1]["value"], abs=1e-12)
+    with pytest.raises(Exception, match="bound_features"):
+        EvalConfig(bound_features=["pixels"]).validate()
+    from openlam.eval.verdict import readings, sentences
+
+    cont = [rd for rd in readings({"records": only}) if rd["features"] == "continuous"]
+    assert cont and "not measured" in sentences(cont[0])
 
     m_good, m_bad = {"records": good}, {"records": bad}
     assert readings(m_good)[0]["verdict"].startswith("carries information about the action beyond task and relative phase")

@@ -102,7 +102,7 @@ def bound_records(table: EvalTable, train: np.ndarray, splits: list[str], cfg: E
     _, bins = action_bins(table, train, cfg)
     keys, g = table.target_keys(), table.episode
     labellings: dict[str, tuple[QModel, np.ndarray]] = {}
-    for features in ("tokens", "continuous"):
+    for features in dict.fromkeys(cfg.bound_features):
         x, family, standardize = _q_inputs(table, features)
         labellings[features] = fit_q(x[train], bins[train], g[train], cfg.bound_bins, family if cfg.mlp else "linear", standardize,
                                      seed=cfg.seed), x

@@ -33,6 +33,11 @@ from openlam.eval.table import EvalTable, build_table
 class EvalConfig:
     gap: GapConfig | None = None  # None: the gap the model was trained with
     bound_bins: int = 32  # k-means bins of the action target for the held-out bound (its ceiling is their entropy)
+    # latents the held-out bound is computed for: the tokens (what labels data) and the continuous
+    # embedding. The continuous one chooses between a linear q over a C path and an MLP q; on a
+    # 1,024-dim embedding that is ~4 min of a ~8-min evaluation on 2 cores, so many-run experiments
+    # may keep to the tokens (the continuous embedding keeps its ridge and MLP probes)
+    bound_features: list[str] = field(default_factory=lambda: ["tokens", "continuous"])
     phase_draws: int = 200  # within-task phase-matched pairings behind the bound's p-value (0: skip)
     references: bool = True  # also score the reference labellers (random, episode identity, task + phase / time)
     n_boot: int = 100  # episode resamples for the bootstrap intervals (cross-view, transfer)
@@ -58,6 +63,8 @@ class EvalConfig:
             raise ConfigError("eval: n_boot must be >= 2")
         if self.bound_bins < 2:
             raise ConfigError("eval: bound_bins must be >= 2")
+        if not self.bound_features or any(f not in ("tokens", "continuous") for f in self.bound_features):
+            raise ConfigError(f"eval: bound_features must be a non-empty subset of ['tokens', 'continuous'], got {self.bound_features}")
         bad = [d for d in self.cka_domains if d not in ("view", "task")]
         if bad:
             raise ConfigError(f"eval: cka_domains must be among ['view', 'task'], got {bad}")
