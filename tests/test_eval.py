@@ -433,6 +433,31 @@ def test_figures_pool_runs_per_arm():
     assert out["b (n=1)"] == [{"value": 0.9, "ci_low": 0.9, "ci_high": 0.9}, {"value": 0.5, "ci_low": 0.5, "ci_high": 0.5}, None]
 
 
+def test_bound_figure_drops_a_latent_no_run_has(tmp_path, monkeypatch):
+    """With eval.bound_features=[tokens] the MI figures show the tokens' groups only, not an empty
+    group per split for the continuous embedding; the floors stay aligned with their groups."""
+    from openlam.eval import plots
+    from openlam.eval.report import comparison_figures
+
+    seen = {}
+    monkeypatch.setattr(plots, "bars_with_ci", lambda groups, series, title, ylabel, path, reference=None:
+                        seen.setdefault(path.name, (groups, series, reference)))
+
+    def run(v):
+        return {"records": [{"metric": "probe_nmse", "split": sp, "features": "onehot", "estimator": "ridge", "value": 0.5}
+                            for sp in ("test", "ood")]
+                + [{"metric": "mi_bound", "split": sp, "features": "tokens", "value": v, "gain_over": {"random": {"value": v}}}
+                   for sp in ("test", "ood")]
+                + [{"metric": "reference_mi_bound", "split": "ood", "labeller": "random", "value": -0.3}]}
+
+    comparison_figures([run(0.7), run(0.9)], ["a", "b"], tmp_path)
+    groups, series, floors = seen["mi.png"]
+    assert groups == ["test tokens", "ood tokens"]
+    assert [r["value"] for r in series["b"]] == [0.9, 0.9] and floors["a"] == [None, -0.3]
+    assert seen["mi_gain.png"][0] == ["test tokens", "ood tokens"]
+    assert "test continuous ridge" in seen["probe_nmse.png"][0]  # the probes keep every group
+
+
 def test_unlabelled_video_is_evaluated_without_actions(tmp_path, capsys):
     """A LAM trained on a folder of videos (no actions) is evaluated on what needs none: codebook,
     cross-view agreement and the viewpoint probe, transfer token recovery, CKA across cameras,

@@ -190,6 +190,9 @@ def comparison_figures(metrics: list[dict[str, Any]], names: list[str], out: Pat
     figs.append(("Probe NMSE", "probe_nmse.png"))
     g = [(f"{s} {f}", {"metric": "mi_bound", "split": s, "features": f}) for s in splits for f in ("tokens", "continuous")]
     ser = _series(metrics, names, g)
+    # a latent no run has a bound for (eval.bound_features) gets no empty group
+    kept = [j for j in range(len(g)) if any(ser[n][j] is not None for n in names)]
+    g, ser = [g[j] for j in kept], {n: [v[j] for j in kept] for n, v in ser.items()}
     floors = {n: [_floor(m, w["split"]) for _, w in g] for n, m in zip(names, metrics)}
     bars_with_ci([x for x, _ in g], ser, "held-out bound on I(Z; A), 95% CI (dashed: best floor, random tokens / episode identity)",
                  "nats", out / "mi.png", floors)
