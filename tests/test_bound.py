@@ -221,7 +221,8 @@ def test_gain_over_a_reference_cancels_the_entropy_term():
 def test_warm_started_c_path_finds_the_cold_starts_optimum():
     """fit_q starts each C's fit from the last one's weights: the problem is convex, so the chosen C
     and the fitted q match fits started from zero."""
-    from openlam.eval.bound import _logistic, fit_q
+    from openlam.eval.bound import UNIFORM_MIX, _logistic, _val_ce, fit_q
+    from openlam.eval.mlp import validation_episodes
 
     rng = np.random.default_rng(0)
     n, k = 1200, 5
@@ -230,14 +231,9 @@ def test_warm_started_c_path_finds_the_cold_starts_optimum():
     groups = np.arange(n) // 20
     q = fit_q(x, y, groups, k, "linear", True, seed=0)
     cold = {}
-    from openlam.eval.bound import _val_ce
-    from openlam.eval.mlp import validation_episodes
-
     val = validation_episodes(groups, 0)
     for c in (0.01, 0.1, 1.0, 10.0):
         cold[c] = _val_ce(_logistic(x[~val], y[~val], k, c, True)[0], x[val], y[val], k)
     assert q.c == min(cold, key=cold.get) and q.val_ce == pytest.approx(cold[q.c], abs=1e-4)
     ref = _logistic(x, y, k, q.c, True)[0]
-    from openlam.eval.bound import UNIFORM_MIX
-
     np.testing.assert_allclose(q.log_proba(x), np.log((1 - UNIFORM_MIX) * np.exp(ref(x)) + UNIFORM_MIX / k), atol=1e-2)  # lbfgs tolerance
