@@ -60,7 +60,9 @@ def resolve_model(path: str | Path) -> tuple[Path, GapConfig | None]:
 def label(model_path: str | Path, dataset: str | Path, out: str | Path, cfg: LabelConfig) -> dict[str, Any]:
     info, device = distributed.init(cfg.device)
     try:
-        return _label(model_path, dataset, Path(out), cfg, info, device)
+        result = _label(model_path, dataset, Path(out), cfg, info, device)
+        distributed.finish()
+        return result
     finally:
         distributed.shutdown()
 

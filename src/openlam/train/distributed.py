@@ -51,6 +51,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def finish() -> None:
+    """Called once a rank's work succeeded: ranks tear down together. A worker rank that tore its gloo
+    group down and exited while rank 0 was still saving aborted on exit now and then under load
+    ("terminate called without an active exception", SIGABRT), failing a run that had finished."""
+    barrier()
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

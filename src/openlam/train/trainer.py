@@ -153,7 +153,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     info, device = distributed.init(cfg.device)
     out = Path(cfg.out)
     try:
-        return _train(cfg, resume, info, device, out)
+        result = _train(cfg, resume, info, device, out)
+        distributed.finish()
+        return result
     finally:
         distributed.shutdown()
 
