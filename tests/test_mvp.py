@@ -157,8 +157,10 @@ def test_presets_and_the_experiment_config_load_at_both_scales():
     from openlam.experiment import load_experiment
 
     root = Path(__file__).resolve().parents[1]
+    from openlam.policy.config import PolicyTrainConfig
+
     for p in sorted((root / "configs").glob("*.yaml")) + sorted((root / "configs" / "bench").glob("*.yaml")):
-        load_config(TrainConfig, p).validate()
+        load_config(PolicyTrainConfig if p.name.startswith("policy") else TrainConfig, p).validate()
     exp = root / "configs" / "experiments" / "mvp_vs_lapa.yaml"
     cpu, gpu = load_experiment(exp, []), load_experiment(exp, ["scale=gpu"])
     assert [a.name for a in cpu.arms] == ["lapa", "mvp", "lapa_light", "supervised"] and len(cpu.seeds) >= 3

@@ -22,7 +22,8 @@ from openlam.data.lerobot_writer import write_lerobot
 from openlam.data.synthetic import moving_squares
 from openlam.errors import ConfigError, DataError
 from openlam.train.config import TrainConfig
-from openlam.train.trainer import NonFiniteLoss, train
+from openlam.train.engine import NonFiniteLoss
+from openlam.train.trainer import train
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
 
@@ -213,7 +214,7 @@ def test_collapse_alarm_warns_and_logs(squares, tmp_path):
 
 
 def test_lr_warmup_then_cosine():
-    from openlam.train.trainer import lr_lambda
+    from openlam.train.engine import lr_lambda
 
     cfg = from_dict(TrainConfig, {"steps": 110, "optim": {"warmup_steps": 10, "min_lr_ratio": 0.1}})
     f = lr_lambda(cfg)

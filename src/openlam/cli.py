@@ -98,6 +98,32 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_policy(a: argparse.Namespace) -> int:
+    from openlam.config import load_config
+    from openlam.policy.config import PolicyTrainConfig
+    from openlam.policy.train import train_policy
+
+    cfg = load_config(PolicyTrainConfig, a.config, a.overrides)
+    r = train_policy(cfg, a.cmd, resume=a.resume)
+    if "steps" in r:
+        print(f"{a.cmd}: trained {r['steps']} steps in {r['train_time_s']:.0f} s -> {cfg.out}/model")
+        if "val" in r:
+            print("held-out (val): " + ", ".join(f"{k} {v:.4f}" for k, v in r["val"].items() if not k[-1].isdigit()))
+    return 0
+
+
+def cmd_rollout(a: argparse.Namespace) -> int:
+    from openlam.config import load_config
+    from openlam.policy.rollout import RolloutConfig, rollout
+
+    cfg = load_config(RolloutConfig, a.config, a.overrides)
+    r = rollout(a.policy, a.out, cfg)
+    for task, t in r["tasks"].items():
+        print(f"{task}: success {t['successes']}/{t['episodes']} = {t['rate']:.2f} (95% CI {t['ci'][0]:.2f}-{t['ci'][1]:.2f})")
+    print(f"wrote {a.out}/rollout.json and {len(r['videos'])} videos in {r['wall_s']:.0f} s")
+    return 0
+
+
 def cmd_label(a: argparse.Namespace) -> int:
     from openlam.config import load_config
     from openlam.label import LabelConfig, label
@@ -257,11 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--episodes", type=int, default=3, help="episodes on the contact sheet")
     s.set_defaults(fn=cmd_summary)
 
-    t = sub.add_parser("train", help="train a latent action model (stage 1); torchrun for DDP")
-    t.add_argument("config", help="YAML TrainConfig, e.g. configs/lapa_tiny.yaml")
-    t.add_argument("--resume", action="store_true", help="continue the run in its out folder from the latest checkpoint")
-    t.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. optim.lr=1e-4 steps=2000")
-    t.set_defaults(fn=cmd_train)
+    # the commands that train on the engine: a config, --resume, overrides
+    for name, what, cfg_help, example, fn in (
+        ("train", "train a latent action model (stage 1)", "YAML TrainConfig, e.g. configs/lapa_tiny.yaml", "optim.lr=1e-4 steps=2000", cmd_train),
+        ("pretrain", "stage 2: a policy predicts latent tokens (data.labels) or actions (data.cache) from frame + instruction",
+         "YAML PolicyTrainConfig, e.g. configs/policy_tiny.yaml", "target=latent data.labels=runs/labels data.cache=null", cmd_policy),
+        ("finetune", "stage 3: a policy (init: a pretrained one, or scratch) learns actions from a few demos",
+         "YAML PolicyTrainConfig, e.g. configs/policy_tiny.yaml", "init=runs/pre data.episodes_per_task=5", cmd_policy),
+    ):
+        t = sub.add_parser(name, help=f"{what}; torchrun for DDP")
+        t.add_argument("config", help=cfg_help)
+        t.add_argument("--resume", action="store_true", help="continue the run in its out folder from the latest checkpoint")
+        t.add_argument("overrides", nargs="*", help=f"KEY=VALUE, e.g. {example}")
+        t.set_defaults(fn=fn)
 
     lb = sub.add_parser("label", help="label every (t, t+H) of a dataset with a trained LAM (resumable; torchrun)")
     lb.add_argument("model", help="a run folder (model/ + config.yaml) or a model folder")
@@ -270,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--config", help="YAML LabelConfig")
     lb.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. gap.frames=8 shard_episodes=4")
     lb.set_defaults(fn=cmd_label)
+
+    ro = sub.add_parser("rollout", help="closed-loop Meta-World episodes of a policy: success per task with CIs, videos")
+    ro.add_argument("policy", help="a policy run folder (model/) or policy folder")
+    ro.add_argument("--out", required=True)
+    ro.add_argument("--config", help="YAML RolloutConfig")
+    ro.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. episodes=20 tasks=[reach-v3]")
+    ro.set_defaults(fn=cmd_rollout)
 
     ev = sub.add_parser("eval", help="label a dataset with a run's LAM and measure how action-centric its latents are")
     ev.add_argument("run", help="a run folder (model/ + config.yaml) or a model folder")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openlam.models.config import QuantizerConfig
+from openlam.models.global_rng import distributed, global_draw
 
 
 @dataclass
@@ -29,28 +30,14 @@ class QuantOut:
     counts: torch.Tensor  # (C,) code counts in this batch
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def _gather(flat: torch.Tensor) -> torch.Tensor:
     """Rows of the global batch, in rank order; every rank then draws the same random picks (same
     RNG), so data-dependent codebook updates are identical across ranks and equal one process's."""
-    if not _distributed():
+    if not distributed():
         return flat
     parts = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, flat.contiguous())
     return torch.cat(parts)
-
-
-def _global_randn_like(z: torch.Tensor) -> torch.Tensor:
-    """Noise for this rank's slice of the global batch: every rank draws the global tensor from the
-    same RNG state and keeps its rows, so N ranks use exactly the noise one process would."""
-    if not _distributed():
-        return torch.randn_like(z)
-    world, rank = dist.get_world_size(), dist.get_rank()
-    full = torch.randn((world * z.shape[0], *z.shape[1:]), device=z.device, dtype=z.dtype)
-    return full[rank * z.shape[0] : (rank + 1) * z.shape[0]]
 
 
 class Quantizer(nn.Module, metaclass=abc.ABCMeta):
@@ -74,7 +61,7 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
         counts = torch.zeros(self.codebook_size, device=flat.device, dtype=self.usage.dtype).index_add_(
             0, flat, torch.ones_like(flat, dtype=self.usage.dtype))
         if self.training:
-            if _distributed():  # usage over the global batch, identical on every rank
+            if distributed():  # usage over the global batch, identical on every rank
                 counts = counts.clone()
                 dist.all_reduce(counts)
             with torch.no_grad():
@@ -104,7 +91,7 @@ class Quantizer(nn.Module, metaclass=abc.ABCMeta):
             return (z - self.z_mean) * torch.rsqrt(self.z_var + 1e-5)
         flat = z.reshape(-1, z.shape[-1])
         mean, sq = flat.mean(0), flat.pow(2).mean(0)
-        if _distributed():  # global statistics in the forward pass; each rank's gradient flows through its own rows
+        if distributed():  # global statistics in the forward pass; each rank's gradient flows through its own rows
             total = torch.stack([mean, sq]).detach().clone()
             dist.all_reduce(total)
             total /= dist.get_world_size()
@@ -224,7 +211,7 @@ class _CodebookQuantizer(Quantizer):
         p = torch.softmax(-self._distances(z).float() / self.cfg.entropy_temperature, -1).view(B, K, -1)
         row = -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean()
         mean = p.mean(0)  # (K, C)
-        if _distributed():  # global mean in the forward pass; each rank's gradient flows through its own rows
+        if distributed():  # global mean in the forward pass; each rank's gradient flows through its own rows
             total = mean.detach().clone()
             dist.all_reduce(total)
             mean = mean + (total / dist.get_world_size() - mean).detach()
@@ -276,7 +263,7 @@ class EMAVQ(_CodebookQuantizer):
                 onehot = F.one_hot(idx.reshape(-1), self.codebook_size).to(z.dtype)
                 size = onehot.sum(0)
                 embed = onehot.t() @ z.detach().reshape(-1, self.code_dim)
-                if _distributed():
+                if distributed():
                     dist.all_reduce(size)
                     dist.all_reduce(embed)
                 d = self.cfg.ema_decay
@@ -307,7 +294,7 @@ class NSVQ(_CodebookQuantizer):
         if self.training:
             q = self._codes()[idx]  # differentiable w.r.t. the codebook
             err = (z - q).norm(dim=-1, keepdim=True)
-            noise = _global_randn_like(z)
+            noise = global_draw(torch.randn, z.shape[0], *z.shape[1:], device=z.device, dtype=z.dtype)
             out = z + err * noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             self._last_z = z.detach()
         else:

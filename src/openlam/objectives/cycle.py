@@ -30,7 +30,8 @@ from torch import nn
 
 from openlam.data.pairs import PairBatch
 from openlam.errors import ConfigError
-from openlam.models.quantizers import _distributed, _gather
+from openlam.models.global_rng import global_draw
+from openlam.models.quantizers import _gather
 from openlam.objectives.base import AUXILIARY, Logs, Objective, ObjectiveContext
 from openlam.objectives.discriminator import DiscriminatorConfig, LocalGlobalDiscriminator, discriminator_loss, generator_loss
 from openlam.objectives.reconstruction import pair_rows
@@ -83,8 +84,7 @@ class LatentActionBuffer(nn.Module):
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """(n, K) codes drawn uniformly from the filled rows: the global draw, this rank's slice."""
-        world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if _distributed() else (1, 0)
-        u = torch.rand(world * n, device=self.codes.device)[rank * n : (rank + 1) * n]
+        u = global_draw(torch.rand, n, device=self.codes.device)
         slot = (u * self.filled).long().clamp_max(self.codes.shape[0] - 1)
         return self.codes[slot]
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from openlam.data.pairs import PairBatch
 from openlam.errors import ConfigError
-from openlam.models.quantizers import _distributed
+from openlam.models.global_rng import distributed
 from openlam.objectives.base import Logs, Objective
 from openlam.objectives.reconstruction import select_views
 
@@ -68,7 +68,7 @@ def _weighted_mse(pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> 
     err = (pred - target).pow(2) * w
     per = pred[0].numel() / w[0].numel()  # channels (or features) per weighted element
     size = (w.sum() * per).detach()
-    if _distributed():
+    if distributed():
         world = torch.distributed.get_world_size()
         size = size.clone()
         torch.distributed.all_reduce(size)

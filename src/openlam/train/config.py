@@ -60,26 +60,19 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
-    model: LAMConfig = field(default_factory=LAMConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(dataset="runs/demo/data"))
-    objectives: list[ObjectiveConfig] = field(default_factory=lambda: [ObjectiveConfig()])
+class RunConfig:
+    """What the training engine needs of any run (a LAM's, a policy's)."""
+
     optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 1000
     batch_size: int = 32  # global: split evenly over DDP ranks
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
-    ema_decay: float = 0.0  # 0: no EMA weights
     seed: int = 0
     deterministic: bool = False  # bitwise-reproducible kernels (slower); needed for exact resume checks
     device: str = "auto"  # auto: cuda if available, else cpu
     out: str = "runs/train"
     log_every: int = 10
-    preview_every: int = 200  # 0: only at the end
-    eval_every: int = 0  # held-out reconstruction vs copy-last-frame; 0: only at the end
-    eval_batches: int = 16
-    probe_every: int = 0  # online linear probe of the latent on val episodes every N steps (and at the end); 0: off
-    probe_pairs: int = 2048  # fixed train pairs the probe is fit on (and at most this many val pairs scored)
     ckpt_every: int = 500
     keep_last: int = 3
     time_limit_s: float = 0.0  # stop (with a checkpoint) after this much training time; 0: none
@@ -87,12 +80,35 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("steps and batch_size must be >= 1")
-        if self.log_every < 1 or self.ckpt_every < 1 or self.eval_batches < 1 or self.probe_pairs < 1:
-            raise ConfigError("log_every, ckpt_every, eval_batches and probe_pairs must be >= 1")
-        for key in ("preview_every", "eval_every", "probe_every", "keep_last", "time_limit_s"):
+        if self.log_every < 1 or self.ckpt_every < 1:
+            raise ConfigError("log_every and ckpt_every must be >= 1")
+        for key in ("keep_last", "time_limit_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0 (0: {'keep all' if key == 'keep_last' else 'off'}), got {getattr(self, key)}")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be in [0, 1) (0: no EMA weights), got {self.ema_decay}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """A LAM's training run (stage 1)."""
+
+    model: LAMConfig = field(default_factory=LAMConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(dataset="runs/demo/data"))
+    objectives: list[ObjectiveConfig] = field(default_factory=lambda: [ObjectiveConfig()])
+    ema_decay: float = 0.0  # 0: no EMA weights
+    preview_every: int = 200  # 0: only at the end
+    eval_every: int = 0  # held-out reconstruction vs copy-last-frame; 0: only at the end
+    eval_batches: int = 16
+    probe_every: int = 0  # online linear probe of the latent on val episodes every N steps (and at the end); 0: off
+    probe_pairs: int = 2048  # fixed train pairs the probe is fit on (and at most this many val pairs scored)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.eval_batches < 1 or self.probe_pairs < 1:
+            raise ConfigError("eval_batches and probe_pairs must be >= 1")
+        for key in ("preview_every", "eval_every", "probe_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0 (0: off), got {getattr(self, key)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (0: no EMA weights), got {self.ema_decay}")

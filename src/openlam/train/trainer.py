@@ -1,20 +1,17 @@
-"""The stage-1 training loop.
+"""Stage 1: a LAM's training run on the shared engine (openlam.train.engine).
 
-One code path for a single process and for `torchrun --nproc_per_node N -m openlam train ...`
-(DDP: gloo on CPU, nccl on GPU). Each rank takes its slice of a global batch that depends only on
-(seed, step), so N ranks see the samples one process would, and resume can restart at any step.
-The hot loop does no host syncs: logs stay on the device and are fetched once per log interval,
-where the non-finite-loss check and the codebook-collapse alarm run too.
+This file builds what the engine trains (the LAM and its objectives as one module, the pair data,
+EMA weights) and what a LAM adds to the loop (`LAMHooks`), then writes the run's model, previews and
+summary. `torchrun --nproc_per_node N -m openlam train ...` runs it under DDP.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import time
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,24 +23,15 @@ from openlam.data.cache import CacheConfig, FrameCache, build_cache
 from openlam.data.pairs import PairBatch, PairDataset
 from openlam.errors import ConfigError, OpenLAMError
 from openlam.models.lam import LatentActionModel
-from openlam.models.weights import load_strict
 from openlam.objectives import Composite, build_objective
 from openlam.objectives.base import ObjectiveContext
-from openlam.train import checkpoint, distributed
+from openlam.train import checkpoint, distributed, engine
 from openlam.train.config import TrainConfig
+from openlam.train.engine import Hooks, Job
 from openlam.train.evaluate import preview_png, reconstruction_eval
 from openlam.train.logger import RunLogger
 from openlam.train.online_probe import OnlineProbe
 from openlam.train.run_record import cache_mismatch, check_inputs, check_resume
-from openlam.train.sampler import StepBatchSampler
-
-
-class NonFiniteLoss(OpenLAMError):
-    pass
-
-
-def _keep(b: PairBatch) -> PairBatch:
-    return b
 
 
 class Trainee(torch.nn.Module):
@@ -122,25 +110,62 @@ def check_data_fits_model(cfg: TrainConfig, cache: FrameCache, train: PairDatase
         raise ConfigError(f"data.views: no camera selected from {cache.cameras}")
 
 
-def _param_groups(model: torch.nn.Module, wd: float, exclude: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in exclude:
-            continue
-        (decay if p.ndim >= 2 and "pos" not in name and "codebook" not in name and "queries" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+class LAMHooks(Hooks):
+    """What a LAM adds to the engine's loop: EMA weights, dead-code restarts, codebook scalars and the
+    collapse alarm, and (rank 0, outside the timed training) previews, evaluations and the online probe."""
 
+    def __init__(self, cfg: TrainConfig, model: LatentActionModel, ema: torch.nn.Module | None, log: RunLogger,
+                 device: torch.device, main: bool, record: Callable[[], None], out: Path, preview_batch: PairBatch | None,
+                 eval_batches: list[PairBatch], probe: OnlineProbe | None):
+        self.cfg, self.model, self.ema, self.log, self.device, self.main = cfg, model, ema, log, device, main
+        self._record, self.out, self.preview_batch, self.eval_batches, self.probe = record, out, preview_batch, eval_batches, probe
+        self.restarted = torch.zeros((), device=device)  # dead codes re-seeded since the last flush
+        self.probed: tuple[int, dict[str, float]] = (-1, {})
 
-def lr_lambda(cfg: TrainConfig):  # type: ignore[no-untyped-def]
-    o = cfg.optim
+    def after_step(self, step: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.restarted += self.model.restart_dead_codes(step + 1)
 
-    def f(step: int) -> float:
-        if step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        t = (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps)
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    def window_scalars(self, step: int, counts: dict[str, torch.Tensor]) -> dict[str, float]:
+        usage = float(self.model.quantizer.usage_fraction().item())
+        scal = {"codebook/usage_fraction": usage, "codebook/restarted_codes": float(self.restarted.item())}
+        self.restarted.zero_()
+        for k, c in counts.items():
+            p = c / c.sum().clamp_min(1)
+            name = k.rsplit("/", 1)[0].replace("/", "_")  # recon/code_counts -> recon, mvp/corner/code_counts -> mvp_corner
+            scal[f"codebook/{name}_perplexity"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item())
+            scal[f"codebook/{name}_codes_in_window"] = float((c > 0).float().mean().item())
+        q = self.cfg.model.quantizer
+        if usage < q.collapse_threshold:
+            msg = (f"codebook collapse alarm at step {step}: only {usage:.0%} of {self.model.cfg.codebook_size} codes in recent use "
+                   f"(threshold {q.collapse_threshold:.0%})")
+            if self.main:
+                warnings.warn(msg, stacklevel=2)
+            self.log.text(step, "alarm/codebook_collapse", msg)
+        return scal
 
-    return f
+    def side(self, step: int) -> None:
+        cfg = self.cfg
+        if self.main and cfg.preview_every and step % cfg.preview_every == 0:
+            atomic_write_bytes(self.out / "previews" / f"step_{step:08d}.png", preview_png(self.model, self.preview_batch, self.device))
+        if self.main and cfg.eval_every and step % cfg.eval_every == 0:
+            self.log.scalars(step, {f"eval/{k}": float(v) for k, v in reconstruction_eval(self.model, self.eval_batches, self.device).items()})
+        if self.probe is not None and step % cfg.probe_every == 0:
+            self.probed = (step, self.probe(self.model, self.device))
+            self.log.probe(*self.probed)
+
+    def train_state(self) -> dict[str, Any]:
+        return {"ema_n": int(self.ema.n_averaged.item())} if self.ema is not None else {}
+
+    def load_train_state(self, state: dict[str, Any], path: Path) -> None:
+        if self.ema is not None:
+            if "ema_n" not in state:
+                raise OpenLAMError(f"{path}: ema_decay > 0 but the checkpoint has no EMA weights")
+            self.ema.n_averaged.fill_(state["ema_n"])
+
+    def record(self) -> None:
+        self._record()
 
 
 def _fixed_batches(ds: PairDataset, batch: int, count: int) -> list[PairBatch]:
@@ -185,47 +210,23 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
         val_ds = PairDataset(cache, cfg.data.val_split, train_ds.views, cfg.data.gap, seed=cfg.seed + 1)
     model = LatentActionModel(cfg.model).to(device)
     objective = build_objective(cfg.objectives, objective_context(model, cache, train_ds, cfg.batch_size)).to(device)
-    trainee = Trainee(model, objective)
-
-    # modules an objective trains by its own optimiser step (a discriminator) stay out of the LAM's;
-    # both step from one backward (their losses never reach each other's parameters)
-    aux_groups = objective.auxiliary_param_groups()
-    aux_params = [p for g in aux_groups for p in g["params"]]
-    aux_ids = {id(a) for a in aux_params}
-    params = [p for p in trainee.parameters() if p.requires_grad and id(p) not in aux_ids]
-    opt = torch.optim.AdamW(_param_groups(trainee, cfg.optim.weight_decay, aux_ids), lr=cfg.optim.lr,
-                            betas=tuple(cfg.optim.betas), fused=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    aux_opt = torch.optim.AdamW(aux_groups, fused=True) if aux_groups else None
-    aux_sched = torch.optim.lr_scheduler.LambdaLR(aux_opt, lr_lambda(cfg)) if aux_opt is not None else None
     ema = None
     if cfg.ema_decay > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    start, resumed_time = 0, 0.0
-    if ckpt is not None:
-        path, start, weights, tstate = ckpt
-        load_strict(model, weights["model"], path / "model.safetensors")
-        if objective.state_dict() or "objective" in weights:
-            load_strict(objective, weights.get("objective", {}), path / "objective.safetensors")
-        if ema is not None:
-            if "ema" not in weights:
-                raise OpenLAMError(f"{path}: ema_decay > 0 but the checkpoint has no EMA weights")
-            load_strict(ema.module, weights["ema"], path / "ema.safetensors")
-            ema.n_averaged.fill_(tstate["ema_n"])
-        opt.load_state_dict(tstate["optimizer"])
-        sched.load_state_dict(tstate["scheduler"])
-        if aux_opt is not None and aux_sched is not None:
-            if "optimizer_aux" not in tstate:
-                raise OpenLAMError(f"{path}: the objectives train an auxiliary module but the checkpoint has no state for its optimiser")
-            aux_opt.load_state_dict(tstate["optimizer_aux"])
-            aux_sched.load_state_dict(tstate["scheduler_aux"])
-        torch.set_rng_state(tstate["rng_cpu"])
-        resumed_time = float(tstate.get("train_time_s", 0.0))
-        if device.type == "cuda" and "rng_cuda" in tstate:
-            torch.cuda.set_rng_state(tstate["rng_cuda"])
-    if info.main:  # the run's record, once its checkpoint (if any) has loaded
+    eval_ds = val_ds or train_ds
+    eval_batches = _fixed_batches(eval_ds, min(cfg.batch_size, 64), cfg.eval_batches) if info.main else []
+    preview_batch = _fixed_batches(eval_ds, 8, 1)[0] if info.main else None
+    log = RunLogger(out, cfg.steps, ckpt[1] if ckpt else 0, info.main)
+    probe = None
+    if info.main and cfg.probe_every:
+        if val_ds is None or cache.action_space is None:
+            raise ConfigError(f"probe_every: the online probe needs actions and a '{cfg.data.val_split}' split with episodes in {cache.path}")
+        n = -(-cfg.probe_pairs // 64)
+        probe = OnlineProbe(_fixed_batches(train_ds, 64, n), _fixed_batches(val_ds, 64, n), cache.action_space.names, model.cfg.codebook_size)
+
+    def record() -> None:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
         atomic_write_json(out / "inputs.json", {
             "cache": str(cache.path.resolve()), "source": cache.meta["source"],
@@ -233,146 +234,18 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
             "gap": cfg.data.gap.describe(), "train_pairs": len(train_ds), "val_pairs": len(val_ds) if val_ds else 0,
             "train_episodes": sorted(train_ds.pairs_per_episode()),
         })
-    net: torch.nn.Module = trainee
-    if info.world > 1:  # an objective that never decodes leaves the decoder without gradient
-        net = torch.nn.parallel.DistributedDataParallel(trainee, device_ids=[device.index] if device.type == "cuda" else None,
-                                                        find_unused_parameters=not objective.decodes)
-    if cfg.compile:
-        net = torch.compile(net)
 
-    sampler = StepBatchSampler(len(train_ds), cfg.batch_size, cfg.steps, cfg.seed, start, info.rank, info.world)
-    # the loader gets its own generator: drawing its base seed from the global RNG would shift the
-    # model's random stream (NSVQ noise, code restarts) after a resume
-    loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.data.workers, collate_fn=_keep,
-                                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
-    eval_ds = val_ds or train_ds
-    eval_batches = _fixed_batches(eval_ds, min(cfg.batch_size, 64), cfg.eval_batches) if info.main else []
-    preview_batch = _fixed_batches(eval_ds, 8, 1)[0] if info.main else None
-    log = RunLogger(out, cfg.steps, start, info.main)
-    probe, probed = None, (-1, {})
-    if info.main and cfg.probe_every:
-        if val_ds is None or cache.action_space is None:
-            raise ConfigError(f"probe_every: the online probe needs actions and a '{cfg.data.val_split}' split with episodes in {cache.path}")
-        n = -(-cfg.probe_pairs // 64)
-        probe = OnlineProbe(_fixed_batches(train_ds, 64, n), _fixed_batches(val_ds, 64, n), cache.action_space.names, model.cfg.codebook_size)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    bad = torch.zeros((), dtype=torch.bool, device=device)
-    restarted = torch.zeros((), device=device)  # dead codes re-seeded since the last flush
-    window: list[tuple[int, dict[str, torch.Tensor], float]] = []
-    t_window, train_time, last_step, paused = time.perf_counter(), resumed_time, start, 0.0
-
-    def write_checkpoint(step: int) -> None:
-        if info.main:
-            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(), "step": step}
-            if aux_opt is not None and aux_sched is not None:
-                state["optimizer_aux"], state["scheduler_aux"] = aux_opt.state_dict(), aux_sched.state_dict()
-            if device.type == "cuda":
-                state["rng_cuda"] = torch.cuda.get_rng_state()
-            if ema is not None:
-                state["ema_n"] = int(ema.n_averaged.item())
-            state["train_time_s"] = train_time  # the time budget spans resumes
-            weights = {"model": model.state_dict()}
-            if objective.state_dict():
-                weights["objective"] = objective.state_dict()
-            if ema is not None:
-                weights["ema"] = ema.module.state_dict()
-            checkpoint.save(out, step, weights, state, cfg.keep_last)
-        distributed.barrier()
-
-    def flush(step: int) -> bool:
-        """Fetch the window's logs (one sync), check for non-finite loss, log, alarm. Returns stop?"""
-        nonlocal t_window, train_time, window, restarted, paused
-        if distributed.all_reduce_sum(bad.float()).item() > 0:  # every rank stops together
-            losses = torch.stack([w[1]["loss"] for w in window]).float().cpu().numpy()
-            norms = torch.stack([w[1]["grad_norm"] for w in window]).float().cpu().numpy()
-            first = window[int(np.argmax(~np.isfinite(losses) | ~np.isfinite(norms)))][0]
-            last = checkpoint.latest(out)
-            raise NonFiniteLoss(f"non-finite loss or gradients at step {first}; training stopped. Last good checkpoint: "
-                                f"{last if last else 'none (no checkpoint was written yet)'}; lower optim.lr or check the data")
-        keys = [k for k in window[0][1] if not k.endswith("code_counts")]
-        vals = torch.stack([torch.stack([w[1][k].float() for k in keys]) for w in window])
-        vals = (distributed.all_reduce_sum(vals) / info.world).cpu().numpy()  # logs describe the global batch
-        count_keys = [k for k in window[0][1] if k.endswith("code_counts")]
-        counts = {k: torch.stack([w[1][k] for w in window]).sum(0) for k in count_keys}
-        elapsed = time.perf_counter() - t_window - paused  # previews/evals do not count as training
-        paused = 0.0
-        train_time += elapsed
-        sps = len(window) * cfg.batch_size / max(elapsed, 1e-9)
-        rows = [{"step": s, "lr": lr, **{k: float(v) for k, v in zip(keys, row)}} for (s, _, lr), row in zip(window, vals)]
-        log.rows(rows)
-        mean = {k: float(v) for k, v in zip(keys, vals.mean(0))}
-        usage = float(model.quantizer.usage_fraction().item())
-        scal = {f"train/{k}": v for k, v in mean.items()} | {
-            "train/lr": window[-1][2], "train/samples_per_s": sps, "codebook/usage_fraction": usage,
-            "codebook/restarted_codes": float(restarted.item()),
-        }
-        restarted.zero_()
-        for k, c in counts.items():
-            p = c / c.sum().clamp_min(1)
-            name = k.rsplit("/", 1)[0].replace("/", "_")  # recon/code_counts -> recon, mvp/corner/code_counts -> mvp_corner
-            scal[f"codebook/{name}_perplexity"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item())
-            scal[f"codebook/{name}_codes_in_window"] = float((c > 0).float().mean().item())
-        log.scalars(step, scal)
-        log.progress(step, mean["loss"], sps)
-        if usage < cfg.model.quantizer.collapse_threshold:
-            msg = (f"codebook collapse alarm at step {step}: only {usage:.0%} of {model.cfg.codebook_size} codes in recent use "
-                   f"(threshold {cfg.model.quantizer.collapse_threshold:.0%})")
-            if info.main:
-                warnings.warn(msg, stacklevel=2)
-            log.text(step, "alarm/codebook_collapse", msg)
-        window = []
-        t_window = time.perf_counter()
-        stop = torch.tensor(float(cfg.time_limit_s > 0 and train_time >= cfg.time_limit_s), device=device)
-        return bool(distributed.all_reduce_sum(stop).item() > 0)
-
-    model.train()
-    stopped_early = False
-    step = start
-    for step, batch in zip(range(start, cfg.steps), loader):
-        batch = batch.to(device, non_blocking=True)
-        with amp:
-            loss, logs = net(batch)
-        loss.backward()
-        # the norm is always computed: a finite loss with non-finite gradients must also stop training
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-        lr = sched.get_last_lr()[0]
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if aux_opt is not None and aux_sched is not None:
-            logs["grad_norm_auxiliary"] = torch.nn.utils.clip_grad_norm_(aux_params, clip)
-            bad |= ~torch.isfinite(logs["grad_norm_auxiliary"])
-            aux_opt.step()
-            aux_sched.step()
-            aux_opt.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update_parameters(model)
-        restarted += model.restart_dead_codes(step + 1)
-        bad |= ~torch.isfinite(loss.detach()) | ~torch.isfinite(logs["grad_norm"])
-        window.append((step + 1, logs, lr))
-        last_step = step + 1
-        stop = False
-        if last_step % cfg.log_every == 0 or last_step == cfg.steps:
-            stop = flush(last_step)
-        t_side = time.perf_counter()
-        if info.main and cfg.preview_every and last_step % cfg.preview_every == 0:
-            atomic_write_bytes(out / "previews" / f"step_{last_step:08d}.png", preview_png(model, preview_batch, device))
-        if info.main and cfg.eval_every and last_step % cfg.eval_every == 0:
-            log.scalars(last_step, {f"eval/{k}": float(v) for k, v in reconstruction_eval(model, eval_batches, device).items()})
-        if probe is not None and last_step % cfg.probe_every == 0:
-            probed = (last_step, probe(model, device))
-            log.probe(*probed)
-        paused += time.perf_counter() - t_side
-        if last_step % cfg.ckpt_every == 0 or last_step == cfg.steps or stop:
-            if window:
-                stop = flush(last_step) or stop
-            write_checkpoint(last_step)
-        if stop:
-            stopped_early = True
-            break
-
-    result: dict[str, Any] = {"steps": last_step, "stopped_by_time_limit": stopped_early, "train_time_s": train_time}
+    hooks = LAMHooks(cfg, model, ema, log, device, info.main, record, out, preview_batch, eval_batches, probe)
+    modules: dict[str, torch.nn.Module] = {"model": model, "objective": objective}
+    if ema is not None:
+        modules["ema"] = ema.module
+    # an objective that never decodes leaves the decoder without gradient (DDP must know)
+    job = Job(Trainee(model, objective), train_ds, modules, objective.auxiliary_param_groups(),
+              find_unused_parameters=not objective.decodes, workers=cfg.data.workers, hooks=hooks)
+    done = engine.run(cfg, job, info, device, out, ckpt, log)
+    last_step = done["steps"]
+    probed = hooks.probed
+    result: dict[str, Any] = dict(done)
     if info.main:
         result["eval"] = reconstruction_eval(model, eval_batches, device)
         result["eval_split"] = cfg.data.val_split if val_ds is not None else cfg.data.train_split
