@@ -317,3 +317,15 @@ def test_cli_single_process_and_two_ddp_processes_train_the_same_policy(goals, t
     for k in a:
         tol = 1e-4 if k.endswith("qkv.bias") else 1e-5  # the key bias's true gradient is 0 (cancels in the softmax)
         assert torch.allclose(a[k], b[k], atol=tol, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+
+
+def test_cnn_stem_gives_one_token_per_patch_and_checks_its_patch():
+    from openlam.policy.model import VisionEncoder
+
+    for patch in (2, 4, 8):
+        cfg = from_dict(PolicyModelConfig, {**MODEL, "stem": "cnn", "patch": patch})
+        enc = VisionEncoder(cfg)
+        assert enc(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, (32 // patch) ** 2, 32)
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in enc.patch) == patch.bit_length() - 1
+    with pytest.raises(ConfigError, match="power of 2"):
+        from_dict(PolicyModelConfig, {**MODEL, "stem": "cnn", "patch": 6, "image_size": 36})

@@ -15,6 +15,9 @@ from openlam.train.config import RunConfig
 @dataclass
 class PolicyModelConfig:
     image_size: int = 64
+    # patch tokens from a linear patch embedding (vit) or from log2(patch) stride-2 convolutions
+    # (cnn: a locality prior that learns positions from few samples much faster at CPU scale)
+    stem: Literal["vit", "cnn"] = "vit"
     patch: int = 8
     dim: int = 128
     heads: int = 4
@@ -27,6 +30,8 @@ class PolicyModelConfig:
     def validate(self) -> None:
         if self.image_size % self.patch:
             raise ConfigError(f"model.image_size {self.image_size} is not a multiple of model.patch {self.patch}")
+        if self.stem == "cnn" and (self.patch < 2 or self.patch & (self.patch - 1)):
+            raise ConfigError(f"model.stem=cnn downsamples by 2 per layer: model.patch must be a power of 2 >= 2, got {self.patch}")
         if self.dim % self.heads:
             raise ConfigError(f"model.dim {self.dim} is not divisible by model.heads {self.heads}")
         if min(self.vision_layers, self.trunk_layers, self.readout, self.latent_layers, self.max_words) < 1:

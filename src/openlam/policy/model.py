@@ -66,10 +66,21 @@ class PolicySpec:
     history: list[dict[str, Any]] = field(default_factory=list)  # the stages that made it (config, data, steps)
 
 
+def _cnn_stem(dim: int, patch: int) -> nn.Sequential:
+    """log2(patch) stride-2 convolutions, widening to `dim`: one token per patch x patch cell."""
+    n = patch.bit_length() - 1
+    widths = [3] + [max(dim >> (n - 1 - i), 8) for i in range(n)]
+    widths[-1] = dim
+    layers: list[nn.Module] = []
+    for i in range(n):
+        layers += [nn.Conv2d(widths[i], widths[i + 1], 4, 2, 1)] + ([nn.GELU()] if i < n - 1 else [])
+    return nn.Sequential(*layers)
+
+
 class VisionEncoder(nn.Module):
     def __init__(self, cfg: PolicyModelConfig):
         super().__init__()
-        self.patch = nn.Conv2d(3, cfg.dim, cfg.patch, cfg.patch)
+        self.patch = nn.Conv2d(3, cfg.dim, cfg.patch, cfg.patch) if cfg.stem == "vit" else _cnn_stem(cfg.dim, cfg.patch)
         n = (cfg.image_size // cfg.patch) ** 2
         self.pos = nn.Parameter(torch.zeros(1, n, cfg.dim))
         self.blocks = nn.ModuleList([Block(cfg.dim, cfg.heads) for _ in range(cfg.vision_layers)])
