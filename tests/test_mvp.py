@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 import torch.nn.functional as F
 
@@ -183,8 +184,12 @@ def test_presets_and_the_experiment_config_load_at_both_scales():
     assert arm_eval_config(light, light.arms[0]).infonce_steps == 0 and light.eval.infonce_steps > 0
     with pytest.raises(ConfigError, match="ceiling 'sup' is not an arm"):
         load_experiment(exp, ["ceiling=sup"])
+    from openlam.policy.experiment import is_policy_experiment, load_policy_experiment
+
     for other in sorted((root / "configs" / "experiments").glob("*.yaml")):
-        load_experiment(other, [])
+        scales = [[]] + [[f"scale={k}"] for k in (yaml.safe_load(other.read_text()).get("scales") or {})]
+        for scale in scales:  # every experiment file loads at each of its scales
+            (load_policy_experiment if is_policy_experiment(other) else load_experiment)(other, scale)
 
 
 def test_seen_table_averages_per_dim_and_per_camera_over_seeds():
@@ -210,7 +215,7 @@ def test_experiment_reads_every_arm_against_its_seeds_ceiling_run(tmp_path, monk
         calls.append((arm.name, seed, ceiling.name if ceiling else None))
         return tmp_path / f"{arm.name}-s{seed}", 1.0, 1.0
 
-    monkeypatch.setattr(ex, "_data", lambda cfg, out: (tmp_path, tmp_path, 0.0))
+    monkeypatch.setattr(ex, "prepare_data", lambda cfg, out: (tmp_path, tmp_path, 0.0))
     monkeypatch.setattr(ex, "_train_and_eval", fake_run)
     monkeypatch.setattr(ex, "results_section", lambda *a, **k: "")
     monkeypatch.setattr(report, "write_report", lambda runs, out: None)
@@ -237,7 +242,7 @@ def test_experiment_reads_every_arm_against_its_seeds_ceiling_run(tmp_path, monk
 def test_experiments_share_one_generated_benchmark(tmp_path, monkeypatch):
     import openlam.data.cache as cache_mod
     import openlam.sim.generate as gen_mod
-    from openlam.experiment import _data, benchmark_dir, load_experiment
+    from openlam.experiment import benchmark_dir, load_experiment, prepare_data
 
     made = []
 
@@ -263,13 +268,13 @@ def test_experiments_share_one_generated_benchmark(tmp_path, monkeypatch):
     bench4.write_text(bench.read_text().replace("episodes: 3", "episodes: 4"))
     assert benchmark_dir(load_experiment(exp, [f"generate={bench4}"])) == benchmark_dir(c)  # a file named on the command line
     assert a.generate.episodes == 3 and benchmark_dir(a) == benchmark_dir(b) != benchmark_dir(c)
-    data_a, cache_a, _ = _data(a, tmp_path / "a")
+    data_a, cache_a, _ = prepare_data(a, tmp_path / "a")
     (tmp_path / "a" / "runs" / "old").mkdir(parents=True)
-    data_b, cache_b, _ = _data(b, tmp_path / "b")
+    data_b, cache_b, _ = prepare_data(b, tmp_path / "b")
     assert made == [3] and (data_a, cache_a) == (data_b, cache_b) and cache_a.parent == benchmark_dir(a)
-    _data(a, tmp_path / "a")
+    prepare_data(a, tmp_path / "a")
     assert (tmp_path / "a" / "runs" / "old").exists()  # same data: the experiment's runs are kept
-    _data(c, tmp_path / "a")
+    prepare_data(c, tmp_path / "a")
     assert made == [3, 4] and not (tmp_path / "a" / "runs").exists()  # other data: its old runs go
     with pytest.raises(ConfigError, match="benchmark file"):
         exp.write_text(f"arms: [{{name: a}}]\ngenerate: {tmp_path / 'missing.yaml'}\n")

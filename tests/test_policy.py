@@ -253,7 +253,7 @@ def test_bad_inputs_fail_before_training(goals, labels, tmp_path):
 
 
 def test_rollout_in_metaworld_writes_success_videos_and_refuses_what_it_cannot_do(tmp_path):
-    from openlam.policy.rollout import RolloutConfig, rollout, rollout_seed, run_episode
+    from openlam.policy.rollout import PolicyActor, RolloutConfig, reference_rollout, rollout, rollout_seed, run_episode
     from openlam.sim.generate import _close_all, episode_seed
     from openlam.sim.metaworld_env import ACTION_NAMES, INSTRUCTIONS
 
@@ -275,7 +275,7 @@ def test_rollout_in_metaworld_writes_success_videos_and_refuses_what_it_cannot_d
     pol = Policy.from_pretrained(tmp_path / "pol")
     cfg = RolloutConfig(max_steps=4)
     try:
-        a, b, c = (run_episode(pol, "reach-v3", i, cfg, keep_frames=True) for i in (0, 0, 1))
+        a, b, c = (run_episode(PolicyActor(pol, "reach-v3", cfg), "reach-v3", i, cfg, keep_frames=True) for i in (0, 0, 1))
     finally:
         _close_all()
     assert a.actions == b.actions and np.array_equal(a.frames, b.frames) and not np.array_equal(a.frames[0], c.frames[0])
@@ -288,6 +288,10 @@ def test_rollout_in_metaworld_writes_success_videos_and_refuses_what_it_cannot_d
     with pytest.raises(ConfigError, match="no action head"):
         rollout(tmp_path / "latent", tmp_path / "x", RolloutConfig())
     assert not (tmp_path / "x").exists()
+    # the references, through the same loop and starts: the scripted expert succeeds, random actions do not
+    ref = RolloutConfig(episodes=2, max_steps=150, workers=1)
+    assert reference_rollout("expert", ["reach-v3"], "corner", 32, tmp_path / "expert", ref)["overall"]["rate"] == 1.0
+    assert reference_rollout("random", ["reach-v3"], "corner", 32, tmp_path / "random", ref)["overall"]["rate"] == 0.0
 
 
 def test_cli_single_process_and_two_ddp_processes_train_the_same_policy(goals, tmp_path):
@@ -329,3 +333,51 @@ def test_cnn_stem_gives_one_token_per_patch_and_checks_its_patch():
         assert sum(isinstance(m, torch.nn.Conv2d) for m in enc.patch) == patch.bit_length() - 1
     with pytest.raises(ConfigError, match="power of 2"):
         from_dict(PolicyModelConfig, {**MODEL, "stem": "cnn", "patch": 6, "image_size": 36})
+
+
+def test_policy_experiment_end_to_end_is_paired_and_resumable(tmp_path):
+    """The whole LAPA recipe in one command at toy size: data, a LAM, its labels, stage 2 on its
+    tokens and on actions, stage 3 per row on the same demos, rollouts from the same starts; a
+    second invocation redoes nothing."""
+    import yaml
+
+    from openlam.cli import main
+
+    cfg = {
+        "name": "policy_toy", "demos": [2], "seeds": [0, 1],
+        "generate": {"tasks": ["reach-v3"], "episodes": 8, "cameras": ["corner"], "size": 32, "max_steps": 24, "workers": 1,
+                     "splits": {"val_fraction": 0.2, "test_fraction": 0.2}},
+        "data_root": str(tmp_path / "bench"),
+        "arms": [{"name": "recon", "config": "configs/lapa_tiny.yaml"}],
+        "train": ["steps=6", "batch_size=8", "model.image_size=32", "data.gap.frames=2", "data.gap.seconds=null", "log_every=3",
+                  "preview_every=0", "ckpt_every=6", "eval_batches=1", "time_limit_s=0", "data.workers=0"],
+        "policy": "configs/policy_tiny.yaml",
+        "policy_overrides": ["model.image_size=32", "model.dim=32", "model.vision_layers=1", "model.trunk_layers=1", "log_every=3",
+                             "ckpt_every=6", "head.chunk=2", "head.hidden=32", "data.views=[corner]"],
+        "pretrain": ["steps=6", "batch_size=8"], "finetune": ["steps=6", "batch_size=8"],
+        "rollout": {"episodes": 2, "max_steps": 5, "videos": 0, "workers": 1},
+        "out": str(tmp_path / "exp"), "results": str(tmp_path / "docs" / "results.md"), "figures": str(tmp_path / "docs" / "figures"),
+    }
+    path = tmp_path / "policy_toy.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["experiment", str(path)]) == 0
+    numbers = json.loads((tmp_path / "docs" / "results" / "policy_toy_cpu.json").read_text())
+    runs = numbers["runs"]
+    assert sorted({(r["row"], r["seed"]) for r in runs}) == sorted((row, s) for row in ("scratch", "latent:recon", "actions") for s in (0, 1))
+    # paired: every row of a seed finetunes on the same demo episodes and rolls out from the same starts
+    for s in (0, 1):
+        rs = [r for r in runs if r["seed"] == s]
+        eps = {json.dumps(json.loads((Path(r["run"]) / "inputs.json").read_text())["episodes"]) for r in rs}
+        assert len(eps) == 1 and len(json.loads(eps.pop())) == 2
+        starts = {json.dumps(r["rollout"]["config"]) for r in rs}
+        assert len(starts) == 1
+    latent = next(r for r in runs if r["row"] == "latent:recon" and r["seed"] == 0)
+    assert latent["pretrain"]["val"]["token_acc_majority"] >= 0 and Policy.from_pretrained(latent["run"]).spec.history[0]["target"] == "latent"
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert "## experiment: policy_toy (cpu)" in text and "| latent:recon − scratch |" in text and "success.png" in text
+    assert "| ceiling: the scripted expert |" in text and "| floor: uniform random actions |" in text
+    assert numbers["references"]["expert"]["config"] == runs[0]["rollout"]["config"]  # the references play the same starts
+    assert (tmp_path / "docs" / "figures" / "policy_toy" / "cpu" / "success.png").is_file()
+    before = {p: p.stat().st_mtime for p in (tmp_path / "exp").rglob("model.safetensors")}
+    assert main(["experiment", str(path)]) == 0  # resumable: every run, label and rollout is reused
+    assert before == {p: p.stat().st_mtime for p in (tmp_path / "exp").rglob("model.safetensors")}

@@ -170,7 +170,12 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 def cmd_experiment(a: argparse.Namespace) -> int:
     from openlam.experiment import load_experiment, run_experiment
+    from openlam.policy.experiment import is_policy_experiment, load_policy_experiment, run_policy_experiment
 
+    if is_policy_experiment(a.config):  # stages 1-3 and rollouts: a file with `demos`
+        r = run_policy_experiment(load_policy_experiment(a.config, a.overrides))
+        print(f"experiment done in {r['wall_s'] / 60:.1f} min: results section in {r['results']}, every number in {r['numbers']}")
+        return 0
     r = run_experiment(load_experiment(a.config, a.overrides))
     print(f"experiment done in {r['wall_s'] / 60:.1f} min: results section in {r['results']}, full report {r['report']}")
     return 0

@@ -82,8 +82,8 @@ def _benchmark_file(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_experiment(path: str | Path, overrides: list[str]) -> ExperimentConfig:
-    """The YAML, then its `scales[scale]` overrides, then the command line's."""
+def experiment_data(path: str | Path, overrides: list[str]) -> dict[str, Any]:
+    """An experiment file as a dict: the YAML, then its `scales[scale]` overrides, then the command line's."""
     data = _benchmark_file(yaml.safe_load(Path(path).read_text()) or {}, path)
     data = _benchmark_file(apply_overrides(data, overrides), path)  # generate=FILE may come from the command line
     scale = data.get("scale", "cpu")
@@ -91,7 +91,11 @@ def load_experiment(path: str | Path, overrides: list[str]) -> ExperimentConfig:
         if scale not in data.get("scales", {}):
             raise ConfigError(f"{path}: scale '{scale}' not in scales {sorted(data.get('scales', {}))}")
         data = apply_overrides(apply_overrides(data, data["scales"][scale]), overrides)
-    cfg = from_dict(ExperimentConfig, data)
+    return data
+
+
+def load_experiment(path: str | Path, overrides: list[str]) -> ExperimentConfig:
+    cfg = from_dict(ExperimentConfig, experiment_data(path, overrides))
     cfg.validate()
     for arm in cfg.arms:  # every arm's config is checked now, not after hours of data generation
         _train_config(cfg, arm, 0, Path("cache"), Path(cfg.out))
@@ -99,7 +103,7 @@ def load_experiment(path: str | Path, overrides: list[str]) -> ExperimentConfig:
     return cfg
 
 
-def _train_config(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Path, out: Path) -> Any:
+def _train_config(cfg: Any, arm: ArmConfig, seed: int, cache: Path, out: Path) -> Any:
     from openlam.train.config import TrainConfig
 
     t = load_config(TrainConfig, arm.config, [*cfg.train, *arm.overrides, f"data.cache={cache}", "data.dataset=null",
@@ -108,19 +112,19 @@ def _train_config(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Path,
     return t
 
 
-def data_key(cfg: ExperimentConfig) -> dict[str, Any]:
+def data_key(cfg: Any) -> dict[str, Any]:
     """What determines the generated data: the generator config less its worker count."""
     key = to_dict(cfg.generate)
     key.pop("workers", None)
     return key
 
 
-def benchmark_dir(cfg: ExperimentConfig) -> Path:
+def benchmark_dir(cfg: Any) -> Path:
     digest = hashlib.sha256(json.dumps(data_key(cfg), sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.data_root) / f"metaworld-{digest}"
 
 
-def _data(cfg: ExperimentConfig, out: Path) -> tuple[Path, Path, float]:
+def prepare_data(cfg: Any, out: Path) -> tuple[Path, Path, float]:
     """Generate and cache the benchmark unless a finished copy exists (its stamp is written last);
     remove this experiment's runs when they were made from other data."""
     from openlam.artifacts import atomic_write_json
@@ -168,14 +172,11 @@ def _as_current(key: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
-def _train_and_eval(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Path, out: Path,
-                    ceiling: Path | None = None) -> tuple[Path, float, float]:
-    """Train (or resume, or reuse a finished run made from the same config) and evaluate one run,
-    against the ceiling run when given. Returns the run folder, its training time and its
-    evaluation time (from their own records)."""
+def train_run(cfg: Any, arm: ArmConfig, seed: int, cache: Path, out: Path) -> tuple[Path, float]:
+    """Train (or resume, or reuse a finished run made from the same config) one arm x seed; `cfg`
+    gives the common overrides (`train`) and the data. Returns the run folder and its training time."""
     from openlam.artifacts import atomic_write_json
     from openlam.errors import OpenLAMError
-    from openlam.eval.suite import evaluate
     from openlam.train import checkpoint
     from openlam.train.trainer import train
 
@@ -188,12 +189,21 @@ def _train_and_eval(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Pat
     atomic_write_json(key_path, key)
     if not (run / "summary.json").is_file():
         train(tcfg, resume=checkpoint.latest(run) is not None)
+    return run, float(json.loads((run / "summary.json").read_text()).get("train_time_s", 0.0))
+
+
+def _train_and_eval(cfg: ExperimentConfig, arm: ArmConfig, seed: int, cache: Path, out: Path,
+                    ceiling: Path | None = None) -> tuple[Path, float, float]:
+    """train_run, then evaluate the run (against the ceiling run when given) unless its evaluation
+    with this config exists. Returns the run folder, its training and its evaluation time."""
+    from openlam.eval.suite import evaluate
+
+    run, train_s = train_run(cfg, arm, seed, cache, out)
     metrics = run / "eval" / "metrics.json"
     ecfg = arm_eval_config(cfg, arm)
     ecfg.ceiling = str(ceiling) if ceiling is not None else None
     if not metrics.is_file() or json.loads(metrics.read_text()).get("config") != to_dict(ecfg):
         evaluate(run, cfg=ecfg)
-    train_s = float(json.loads((run / "summary.json").read_text()).get("train_time_s", 0.0))
     return run, train_s, float(json.loads(metrics.read_text())["seconds"]["total"])
 
 
@@ -203,7 +213,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    data, cache, data_s = _data(cfg, out)
+    data, cache, data_s = prepare_data(cfg, out)
     runs: dict[str, list[Path]] = {a.name: [] for a in cfg.arms}
     timing: dict[str, list[tuple[float, float]]] = {a.name: [] for a in cfg.arms}
     order = sorted(cfg.arms, key=lambda a: a.name != cfg.ceiling)  # the ceiling first: the others are read against it

@@ -24,6 +24,7 @@ from openlam.config import to_dict
 from openlam.errors import ConfigError
 
 ROLLOUT_STREAM = 0x5011  # the last word of a rollout's SeedSequence: generated episodes never use it
+REFERENCES = ("expert", "random")  # the ceiling and the floor of a success rate
 
 
 @dataclass
@@ -62,30 +63,75 @@ def rollout_seed(seed: int, task: str, episode: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, zlib.crc32(task.encode()), episode, 0, ROLLOUT_STREAM])
 
 
-_POLICY: Any = None
+_SOURCE: tuple[Any, str, int] | None = None  # this worker's (policy or reference kind, camera, size)
 
 
-def _init_worker(policy_path: str, parent: int | None) -> None:
+def _init_worker(source: str, camera: str, size: int, parent: int | None) -> None:
     import torch
 
-    from openlam.policy.model import Policy
     from openlam.sim.generate import _worker_init
 
     torch.set_num_threads(1)
-    global _POLICY
-    _POLICY = Policy.from_pretrained(policy_path).eval()
+    global _SOURCE
+    _SOURCE = (source if source in REFERENCES else _load(source), camera, size)
     _worker_init(parent)
 
 
-def run_episode(policy: Any, task: str, index: int, cfg: RolloutConfig, keep_frames: bool) -> EpisodeResult:
+def _load(path: str | Path) -> Any:
+    from openlam.policy.model import Policy
+
+    return Policy.from_pretrained(path).eval()
+
+
+def _actor(source: Any, task: str, camera: str, size: int, cfg: RolloutConfig) -> Any:
+    return ReferenceActor(source, task, camera, size) if isinstance(source, str) else PolicyActor(source, task, cfg)
+
+
+class PolicyActor:
+    """A trained policy: one chunk of actions per look at the camera; `execute` of them are run."""
+
+    def __init__(self, policy: Any, task: str, cfg: RolloutConfig):
+        self.policy, self.camera, self.size = policy, cfg.camera or policy.spec.views[0], policy.spec.model.image_size
+        self.instruction, self.spec = policy.spec.tasks[task], policy.spec.action
+        self.execute = cfg.execute or self.spec.head.chunk
+
+    def __call__(self, frame: np.ndarray, obs: np.ndarray, gen: Any) -> np.ndarray:
+        import torch
+
+        image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).unsqueeze(0)
+        state = torch.from_numpy(np.asarray(obs[: self.spec.state_dim], np.float32)).unsqueeze(0) if self.spec.head.state else None
+        return self.policy.act(image, [self.instruction], state, generator=gen)[0].numpy()[: self.execute]
+
+
+class ReferenceActor:
+    """The references a success rate is read against, through the same loop and initial states:
+    the task's scripted expert (the ceiling: it made the demos, without their action noise) and
+    uniform random actions (the floor)."""
+
+    def __init__(self, kind: str, task: str, camera: str, size: int):
+        from openlam.sim.metaworld_env import make_policy
+
+        if kind not in ("expert", "random"):
+            raise ConfigError(f"reference actor: expected 'expert' or 'random', got {kind!r}")
+        self.kind, self.camera, self.size = kind, camera, size
+        self.expert = make_policy(task) if kind == "expert" else None
+
+    def __call__(self, frame: np.ndarray, obs: np.ndarray, gen: Any) -> np.ndarray:
+        import torch
+
+        if self.expert is not None:
+            return np.asarray(self.expert.get_action(obs), np.float32)[None]
+        return (torch.rand(1, 4, generator=gen) * 2 - 1).numpy()
+
+
+def run_episode(actor: Any, task: str, index: int, cfg: RolloutConfig, keep_frames: bool) -> EpisodeResult:
+    """One closed-loop episode from the initial state of (cfg.seed, task, index)."""
     import mujoco
     import torch
 
     from openlam.sim.generate import GenerateConfig, _rig
 
-    camera = cfg.camera or policy.spec.views[0]
-    size = policy.spec.model.image_size
-    rig = _rig(task, GenerateConfig(tasks=[task], cameras=[camera], size=size, distractors=cfg.distractors, masks=False,
+    rig = _rig(task, GenerateConfig(tasks=[task], cameras=[actor.camera], size=actor.size, distractors=cfg.distractors, masks=False,
                                     mesh_cell=cfg.mesh_cell))
     env, model, data = rig.env, rig.env.model, rig.env.data
     env_ss, dist_ss, noise_ss = rollout_seed(cfg.seed, task, index).spawn(3)
@@ -95,9 +141,6 @@ def run_episode(policy: Any, task: str, index: int, cfg: RolloutConfig, keep_fra
     gen = torch.Generator().manual_seed(int(noise_ss.generate_state(1)[0]))
     for tex in rig.distractors.begin_episode(dist_rng):
         rig.renderer.upload_texture(tex)
-    instruction = policy.spec.tasks[task]
-    spec = policy.spec.action
-    execute = cfg.execute or spec.head.chunk
     frames, actions, plan = [], [], []
     success_step = None
     t = 0
@@ -105,14 +148,11 @@ def run_episode(policy: Any, task: str, index: int, cfg: RolloutConfig, keep_fra
         extra = rig.distractors.step(dist_rng, float(env.dt))
         mujoco.mj_camlight(model, data)
         f, _ = rig.renderer.render(data, extra, masks=False)
-        frame = f[camera]
+        frame = f[actor.camera]
         if keep_frames:
             frames.append(frame)
         if not plan:
-            image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).unsqueeze(0)
-            state = torch.from_numpy(np.asarray(obs[: spec.state_dim], np.float32)).unsqueeze(0) if spec.head.state else None
-            chunk = policy.act(image, [instruction], state, generator=gen)[0].numpy()
-            plan = list(chunk[:execute])
+            plan = list(actor(frame, obs, gen))
         a = np.clip(plan.pop(0), -1.0, 1.0).astype(np.float32)
         obs, _, _, _, info = env.step(a)
         actions.append(a.tolist())
@@ -126,8 +166,11 @@ def run_episode(policy: Any, task: str, index: int, cfg: RolloutConfig, keep_fra
 def _job(args: tuple[str, int, dict[str, Any], bool]) -> EpisodeResult:
     from openlam.config import from_dict
 
-    task, index, cfg, keep = args
-    return run_episode(_POLICY, task, index, from_dict(RolloutConfig, cfg), keep)
+    assert _SOURCE is not None
+    task, index, cfg_dict, keep = args
+    cfg = from_dict(RolloutConfig, cfg_dict)
+    source, camera, size = _SOURCE
+    return run_episode(_actor(source, task, camera, size, cfg), task, index, cfg, keep)
 
 
 def wilson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -186,11 +229,22 @@ def check_policy(policy: Any, cfg: RolloutConfig) -> list[str]:
 
 
 def rollout(policy_path: str | Path, out: str | Path, cfg: RolloutConfig) -> dict[str, Any]:
-    from openlam.policy.model import Policy
-
-    out = Path(out)
-    policy = Policy.from_pretrained(policy_path).eval()
+    """The policy's episodes; see the module docstring."""
+    policy = _load(policy_path)
     tasks = check_policy(policy, cfg)
+    camera = cfg.camera or policy.spec.views[0]
+    return _run(str(policy_path), policy, tasks, camera, policy.spec.model.image_size, Path(out), cfg)
+
+
+def reference_rollout(kind: str, tasks: list[str], camera: str, size: int, out: str | Path, cfg: RolloutConfig) -> dict[str, Any]:
+    """The same episodes (initial states, camera, step limit) played by a reference: `expert` (the
+    scripted policy: the ceiling) or `random` (uniform actions: the floor)."""
+    if kind not in REFERENCES:
+        raise ConfigError(f"reference: expected one of {REFERENCES}, got {kind!r}")
+    return _run(kind, kind, tasks, camera, size, Path(out), cfg)
+
+
+def _run(name: str, source: Any, tasks: list[str], camera: str, size: int, out: Path, cfg: RolloutConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(t, i, to_dict(cfg), i < cfg.videos) for t in tasks for i in range(cfg.episodes)]
     t0 = time.perf_counter()
@@ -199,12 +253,12 @@ def rollout(policy_path: str | Path, out: str | Path, cfg: RolloutConfig) -> dic
         from openlam.sim.generate import _close_all
 
         try:
-            results = [run_episode(policy, t, i, cfg, keep) for t, i, _, keep in jobs]
+            results = [run_episode(_actor(source, t, camera, size, cfg), t, i, cfg, keep) for t, i, _, keep in jobs]
         finally:
             _close_all()
     else:
         with mp.get_context("spawn").Pool(min(cfg.workers, len(jobs)), initializer=_init_worker,
-                                          initargs=(str(policy_path), os.getpid())) as pool:
+                                          initargs=(name, camera, size, os.getpid())) as pool:
             results = pool.map(_job, jobs, chunksize=1)
     videos = []
     for r in results:
@@ -218,7 +272,7 @@ def rollout(policy_path: str | Path, out: str | Path, cfg: RolloutConfig) -> dic
                        "mean_steps": float(np.mean([r.steps for r in rs])),
                        "episodes_detail": [{"index": r.index, "success": r.success, "steps": r.steps} for r in rs]}
     k, n = sum(r.success for r in results), len(results)
-    summary = {"policy": str(policy_path), "config": to_dict(cfg), "tasks": per_task,
+    summary = {"policy": name, "camera": camera, "config": to_dict(cfg), "tasks": per_task,
                "overall": {"successes": k, "episodes": n, "rate": k / n, "ci": wilson(k, n)},
                "videos": videos, "wall_s": time.perf_counter() - t0}
     atomic_write_json(out / "rollout.json", summary)
