@@ -210,9 +210,10 @@ class Policy(nn.Module):
         vocab += sorted({w for s in tasks.values() for w in words(s)} - set(vocab))
         merged = {**self.spec.tasks, **tasks}
         new = Policy(PolicySpec(self.spec.model, vocab, merged, self.spec.views, latent, action, list(self.spec.history)))
-        own = {k: v for k, v in self.state_dict().items() if k.startswith(("vision.", "word_pos", "queries", "trunk.", "norm."))}
-        missing = new.load_state_dict(own, strict=False)
-        assert not missing.unexpected_keys, missing.unexpected_keys
+        shared = ("vision.", "word_pos", "queries", "trunk.", "norm.")
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(shared)}
+        fresh = {k: v for k, v in new.state_dict().items() if not k.startswith(shared)}  # heads, words, perception, statistics
+        load_strict(new, {**own, **fresh}, "the initial policy")  # every shared weight must fit exactly
         with torch.no_grad():
             new.word.weight[: len(self.spec.vocab)] = self.word.weight
         if new.perception is not None:
