@@ -105,6 +105,19 @@ def test_bins_are_equal_frequency_and_decode_to_their_medians():
     assert torch.allclose(head.act(torch.zeros(3, 4)), head.centers[:, 5].expand(3, 2, 2))
 
 
+def test_bins_decode_repeated_values_to_themselves():
+    """A gripper at exactly -1, 0 or +1 (ties fill several quantile edges): classifying a training
+    value and decoding its bin gives the value back, so a perfect classifier makes no error."""
+    head = BinsHead(cond_dim=2, hidden=4, chunk=1, action_dim=2, bins=32)
+    g = torch.tensor([-1.0] * 300 + [0.0] * 100 + [1.0] * 600)
+    a = torch.stack([g, torch.linspace(-1, 1, 1000)], 1)
+    head.fit_bins(a)
+    cls = head.classes(a.unsqueeze(1))[:, 0]
+    decoded = torch.gather(head.centers.T, 0, cls)  # (N, A): each row's bin centre per dim
+    assert torch.equal(decoded[:, 0], g)  # ties: exact
+    assert (decoded[:, 1] - a[:, 1]).abs().max() < 2 / 32  # continuous: within one bin
+
+
 def test_flow_head_learns_a_conditional_action_and_samples_it():
     """cond -> action is a fixed linear map plus a little noise; after training, integrating the
     velocity from noise lands on it (error far below the action's spread)."""
@@ -218,6 +231,35 @@ def test_resume_after_a_lost_checkpoint_is_exact(goals, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert [r["loss"] for r in rows(tmp_path / "ref")] == [r["loss"] for r in rows(tmp_path / "cut")]
+    # a refused resume (a damaged checkpoint that no longer fits) leaves the run's logs as they were
+    from safetensors.torch import save_file
+
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_00000030")
+    w = load_file(str(tmp_path / "cut/checkpoints/step_00000020/model.safetensors"))
+    save_file({k: v for k, v in w.items() if k != "norm.bias"}, str(tmp_path / "cut/checkpoints/step_00000020/model.safetensors"))
+    before = (tmp_path / "cut" / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="norm.bias"):
+        train_policy(policy_cfg(tmp_path / "cut", **kw), "pretrain", resume=True)
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == before
+
+
+def test_action_chunks_stop_at_their_episode_and_rows_read_their_own_frames(goals):
+    from openlam.policy.config import PolicyDataConfig
+    from openlam.policy.data import PolicyDataset
+
+    cache = FrameCache(goals)
+    pol = Policy(PolicySpec(from_dict(PolicyModelConfig, MODEL), build_vocab(["move the square to the red dot"]), {}, ["cam"]))
+    ds = PolicyDataset.from_cache(cache, from_dict(PolicyDataConfig, {"cache": str(goals)}), pol.encode_instructions, 16, 5, True)
+    acts, frames, state = np.asarray(cache.actions()), np.asarray(cache.frames("cam")), np.asarray(cache.state())
+    e = ds.episodes[0]
+    start, T = cache.episodes[e]["start"], cache.episodes[e]["length"]
+    rows = [i for i in range(len(ds)) if ds.episode[i] == e][-3:]  # the episode's last three frames
+    b = ds.__getitems__(rows)
+    for k, i in enumerate(rows):
+        g = ds.frame[i]
+        want = acts[[min(g + j, start + T - 1) for j in range(5)]]
+        assert np.array_equal(b.actions[k].numpy(), want)  # the last action repeats; never the next episode's first
+        assert np.array_equal(b.image[k].permute(1, 2, 0).numpy(), frames[g]) and np.array_equal(b.state[k].numpy(), state[g])
 
 
 def test_bad_inputs_fail_before_training(goals, labels, tmp_path):
@@ -235,8 +277,22 @@ def test_bad_inputs_fail_before_training(goals, labels, tmp_path):
         train_policy(policy_cfg(tmp_path / "d", target="actions", head={"perception": True}, **{"data.cache": str(goals)}), "finetune")
     with pytest.raises(ConfigError, match="image_size"):
         train_policy(policy_cfg(tmp_path / "e", target="actions", model={**MODEL, "image_size": 64}, **{"data.cache": str(goals)}), "finetune")
-    for out in "abcde":
+    with pytest.raises(DataError, match="labels.json"):
+        train_policy(policy_cfg(tmp_path / "h", **{**lab, "data.labels": str(tmp_path / "nowhere")}), "pretrain")
+    with pytest.raises(ConfigError, match="batch_size=4096 is larger than"):
+        train_policy(policy_cfg(tmp_path / "i", target="actions", batch_size=4096, **{"data.cache": str(goals)}), "finetune")
+    assert not (tmp_path / "i" / "config.yaml").exists()  # refused before the run's record is written
+    for out in "abcdehi":
         assert not (tmp_path / out / "checkpoints").exists()
+    # a resume on labels that changed since (same path, another LAM's) is refused
+    mine = tmp_path / "labels_copy"
+    shutil.copytree(labels, mine)
+    jkw = {**lab, "data.labels": str(mine), "steps": 4, "ckpt_every": 2, "batch_size": 8}
+    train_policy(policy_cfg(tmp_path / "j", **jkw), "pretrain")
+    meta = json.loads((mine / "labels.json").read_text())
+    (mine / "labels.json").write_text(json.dumps({**meta, "model_fingerprint": "another-lam"}))
+    with pytest.raises(DataError, match="fingerprints"):
+        train_policy(policy_cfg(tmp_path / "j", **jkw), "pretrain", resume=True)
     # an episode without an instruction
     eps = goal_squares(episodes_per_task=3, length=8, size=32)
     eps[4].language = ""

@@ -16,7 +16,8 @@ from openlam.train.config import RunConfig
 class PolicyModelConfig:
     image_size: int = 64
     # patch tokens from a linear patch embedding (vit) or from log2(patch) stride-2 convolutions
-    # (cnn: a locality prior that learns positions from few samples much faster at CPU scale)
+    # (cnn: a locality prior; on the synthetic goal-squares task, image only, 1,000 steps, one seed,
+    # it reached held-out NMSE 0.75 where the linear patch embedding stayed at 1.77)
     stem: Literal["vit", "cnn"] = "vit"
     patch: int = 8
     dim: int = 128

@@ -88,8 +88,15 @@ def instructions(cache: FrameCache, episodes: list[int]) -> dict[str, str]:
     return out
 
 
-def instruction_ids(cache: FrameCache, episodes: list[int], encode: Encode) -> dict[int, torch.Tensor]:
-    instructions(cache, episodes)  # every episode has one
+def instruction_ids(cache: FrameCache, episodes: list[int], encode: Encode, max_words: int) -> dict[int, torch.Tensor]:
+    import warnings
+
+    from openlam.policy.model import words
+
+    for task, text in instructions(cache, episodes).items():  # every episode has one
+        if len(words(text)) > max_words:
+            warnings.warn(f"{cache.path}: the instruction of {task} has {len(words(text))} words; the policy reads the first "
+                          f"{max_words} (model.max_words)", stacklevel=2)
     return {e: encode([cache.episodes[e]["language"]])[0] for e in episodes}
 
 
@@ -107,7 +114,7 @@ class PolicyDataset(torch.utils.data.Dataset):
             self.last = ends[episode]  # a chunk never reads past its episode: the last action repeats
 
     @classmethod
-    def from_labels(cls, labels: str | Path, cfg: PolicyDataConfig, encode: Encode) -> PolicyDataset:
+    def from_labels(cls, labels: str | Path, cfg: PolicyDataConfig, encode: Encode, max_words: int) -> PolicyDataset:
         labels = Path(labels)
         meta, table = load_labels(labels)
         cache = FrameCache(labelled_cache(labels))
@@ -124,10 +131,11 @@ class PolicyDataset(torch.utils.data.Dataset):
         tokens = np.asarray(table.column("tokens").combine_chunks().flatten().to_numpy(), np.int64).reshape(-1, K)[keep]
         starts = cache.starts
         frame = starts[ep[keep]] + table.column("frame").to_numpy()[keep]
-        return cls(cache, eps, views, instruction_ids(cache, eps, encode), frame, view[keep], ep[keep], tokens=tokens)
+        return cls(cache, eps, views, instruction_ids(cache, eps, encode, max_words), frame, view[keep], ep[keep], tokens=tokens)
 
     @classmethod
-    def from_cache(cls, cache: FrameCache, cfg: PolicyDataConfig, encode: Encode, chunk: int, with_state: bool) -> PolicyDataset:
+    def from_cache(cls, cache: FrameCache, cfg: PolicyDataConfig, encode: Encode, max_words: int, chunk: int,
+                   with_state: bool) -> PolicyDataset:
         if cache.action_space is None:
             raise DataError(cache.path / "cache.json", "action_space", "actions (action targets need them)", "none")
         if with_state and cache.state_dim is None:
@@ -140,7 +148,7 @@ class PolicyDataset(torch.utils.data.Dataset):
                 frame.append(info["start"] + np.arange(info["length"]))
                 view.append(np.full(info["length"], v, dtype=object))
                 episode.append(np.full(info["length"], e))
-        return cls(cache, eps, views, instruction_ids(cache, eps, encode), np.concatenate(frame), np.concatenate(view).astype(str),
+        return cls(cache, eps, views, instruction_ids(cache, eps, encode, max_words), np.concatenate(frame), np.concatenate(view).astype(str),
                    np.concatenate(episode), chunk=chunk, with_state=with_state)
 
     def action_rows(self) -> np.ndarray:

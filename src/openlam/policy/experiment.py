@@ -93,16 +93,26 @@ def policy_config(cfg: PolicyExperimentConfig, stage: str, row: str, seed: int, 
 
 
 def _policy_run(pcfg: PolicyTrainConfig, stage: str) -> tuple[Path, dict[str, Any]]:
-    """Train one policy run unless a finished one made by the same config is there; resume a killed one."""
+    """Train one policy run unless a finished one made by the same config from the same inputs (by
+    content: data, labels, initial policy) is there; resume a killed one. A run whose inputs have
+    changed since (a LAM or a pretrained policy made again) is made again."""
+    import shutil
+
     from openlam.artifacts import atomic_write_json
     from openlam.errors import OpenLAMError
-    from openlam.policy.train import train_policy
+    from openlam.policy.train import inputs_fingerprint, train_policy
     from openlam.train import checkpoint
 
     run = Path(pcfg.out)
-    key_path, key = run / "experiment_run.json", {"stage": stage, "config": to_dict(pcfg)}
-    if key_path.is_file() and json.loads(key_path.read_text()) != key:
-        raise OpenLAMError(f"{run}: made by another experiment config (see {key_path}); remove it or choose another out")
+    key_path = run / "experiment_run.json"
+    key = {"stage": stage, "config": to_dict(pcfg), "inputs": inputs_fingerprint(pcfg)}
+    if key_path.is_file():
+        old = json.loads(key_path.read_text())
+        if old.get("stage") != stage or old.get("config") != key["config"]:
+            raise OpenLAMError(f"{run}: made by another experiment config (see {key_path}); remove it or choose another out")
+        if old.get("inputs") != key["inputs"]:
+            print(f"experiment: {run} was trained on other inputs ({old.get('inputs')} -> {key['inputs']}); training it again")
+            shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(key_path, key)
     if not (run / "summary.json").is_file():
@@ -133,17 +143,29 @@ def _references(cfg: PolicyExperimentConfig, policy_run: Path) -> dict[str, dict
     for kind in REFERENCES:
         out = Path(cfg.out) / "references" / kind
         done = out / "rollout.json"
-        if done.is_file() and json.loads(done.read_text())["config"] == to_dict(cfg.rollout) and json.loads(done.read_text())["camera"] == camera:
-            refs[kind] = json.loads(done.read_text())
+        old = json.loads(done.read_text()) if done.is_file() else {}
+        if (old.get("config"), old.get("camera"), old.get("size"), sorted(old.get("tasks", {}))) == (
+                to_dict(cfg.rollout), camera, spec.model.image_size, sorted(tasks)):
+            refs[kind] = old
         else:
             refs[kind] = reference_rollout(kind, tasks, camera, spec.model.image_size, out, cfg.rollout)
     return refs
 
 
 def _labels(run: Path, cache: Path, out: Path, views: list[str] | None) -> Path:
+    """`openlam label` of the cache by the LAM in `run` (resumed when killed); a labelling by another
+    LAM (the run made again since) or of other views is replaced."""
+    import shutil
+
+    from openlam.artifacts import fingerprint_files
     from openlam.label import LabelConfig, label
 
     meta = out / "labels.json"
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        if m.get("model_fingerprint") != fingerprint_files([run / "model" / "model.safetensors"]) or (views and m.get("views") != views):
+            print(f"experiment: {out} was labelled by another LAM or for other views; labelling again")
+            shutil.rmtree(out)
     if not (meta.is_file() and json.loads(meta.read_text()).get("complete")):
         label(run, cache, out, LabelConfig(views=views))
     return out

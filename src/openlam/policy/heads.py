@@ -66,12 +66,19 @@ class BinsHead(nn.Module):
         self.register_buffer("centers", torch.zeros(action_dim, bins))
 
     def fit_bins(self, actions: torch.Tensor) -> None:
-        """Inner edges at the i/bins quantiles and centres at the (i + 0.5)/bins quantiles of (N, A)."""
+        """Inner edges at the i/bins quantiles of (N, A); each bin decodes to the median of the
+        training values that fall in it. Values that repeat (a gripper at exactly -1 or +1) make
+        edges coincide and bins empty; the median keeps such a value decoding to itself. An empty
+        bin decodes to its quantile midpoint."""
         a = actions.double()
         q_edges = torch.arange(1, self.bins, dtype=torch.float64) / self.bins
-        q_centers = (torch.arange(self.bins, dtype=torch.float64) + 0.5) / self.bins
         self.edges.copy_(torch.quantile(a, q_edges, dim=0).T.float())
-        self.centers.copy_(torch.quantile(a, q_centers, dim=0).T.float())
+        centers = torch.quantile(a, (torch.arange(self.bins, dtype=torch.float64) + 0.5) / self.bins, dim=0).T
+        cls = self.classes(actions.float().unsqueeze(1)).squeeze(1)  # (N, A)
+        for d in range(a.shape[1]):
+            for b in cls[:, d].unique().tolist():
+                centers[d, b] = a[cls[:, d] == b, d].median()
+        self.centers.copy_(centers.float())
 
     def classes(self, actions: torch.Tensor) -> torch.Tensor:
         """(B, C, A) actions -> (B, C, A) bin indices."""

@@ -272,7 +272,7 @@ def _run(name: str, source: Any, tasks: list[str], camera: str, size: int, out: 
                        "mean_steps": float(np.mean([r.steps for r in rs])),
                        "episodes_detail": [{"index": r.index, "success": r.success, "steps": r.steps} for r in rs]}
     k, n = sum(r.success for r in results), len(results)
-    summary = {"policy": name, "camera": camera, "config": to_dict(cfg), "tasks": per_task,
+    summary = {"policy": name, "camera": camera, "size": size, "config": to_dict(cfg), "tasks": per_task,
                "overall": {"successes": k, "episodes": n, "rate": k / n, "ci": wilson(k, n)},
                "videos": videos, "wall_s": time.perf_counter() - t0}
     atomic_write_json(out / "rollout.json", summary)

@@ -16,14 +16,13 @@ import torch
 from openlam.artifacts import atomic_write_json, atomic_write_text
 from openlam.config import dump_config, to_dict
 from openlam.data.cache import FrameCache
-from openlam.errors import ConfigError, OpenLAMError
+from openlam.errors import ConfigError, DataError, OpenLAMError
 from openlam.label import labelled_cache
 from openlam.policy.config import PolicyDataConfig, PolicyTrainConfig
 from openlam.policy.data import PolicyBatch, PolicyDataset, check_labels, instructions, split_episodes
 from openlam.policy.model import ActionSpec, LatentSpec, Policy, PolicySpec, build_vocab
 from openlam.train import checkpoint, distributed, engine
 from openlam.train.engine import Hooks, Job
-from openlam.train.logger import RunLogger
 from openlam.train.run_record import check_resume
 
 Stage = Literal["pretrain", "finetune"]
@@ -75,10 +74,39 @@ def build_policy(cfg: PolicyTrainConfig, cache: FrameCache, init: Policy | None)
     return policy, False
 
 
+def inputs_fingerprint(cfg: PolicyTrainConfig) -> dict[str, str | None]:
+    """What the run learns from, by content: the frames' source, the labels (their LAM and data),
+    the initial policy's weights. A resume or a reused experiment run is checked against it."""
+    from openlam.artifacts import fingerprint_files
+
+    cache = _data_cache(cfg)
+    labels = None
+    if cfg.data.labels is not None:
+        meta = json.loads((Path(cfg.data.labels) / "labels.json").read_text())
+        labels = f"{meta.get('model_fingerprint')}/{meta.get('dataset_fingerprint')}/{meta.get('gap')}"
+    init = None
+    if cfg.init is not None:
+        d = Path(cfg.init)
+        d = d / "model" if (d / "model" / "model.safetensors").is_file() else d
+        init = fingerprint_files([d / "model.safetensors"])
+    return {"source": cache.meta["source_fingerprint"], "labels": labels, "init": init}
+
+
+def check_policy_inputs(out: Path, now: dict[str, str | None]) -> None:
+    path = out / "inputs.json"
+    if not path.is_file():
+        raise OpenLAMError(f"{path}: missing, so the run's inputs cannot be checked; resume needs the run's own record")
+    was = json.loads(path.read_text()).get("fingerprints", {})
+    changed = [k for k in now if was.get(k) != now[k]]
+    if changed:
+        raise DataError(path, "fingerprints", f"the inputs this run was trained on ({', '.join(changed)})",
+                        "different data, labels or initial policy now; start a new run in another out")
+
+
 def _dataset(cfg: PolicyTrainConfig, data: PolicyDataConfig, cache: FrameCache, policy: Policy) -> PolicyDataset:
     if cfg.target == "latent":
-        return PolicyDataset.from_labels(data.labels, data, policy.encode_instructions)  # type: ignore[arg-type]
-    return PolicyDataset.from_cache(cache, data, policy.encode_instructions, cfg.head.chunk, cfg.head.state)
+        return PolicyDataset.from_labels(data.labels, data, policy.encode_instructions, policy.spec.model.max_words)  # type: ignore[arg-type]
+    return PolicyDataset.from_cache(cache, data, policy.encode_instructions, policy.spec.model.max_words, cfg.head.chunk, cfg.head.state)
 
 
 class PolicyHooks(Hooks):
@@ -97,11 +125,15 @@ def _train(cfg: PolicyTrainConfig, stage: Stage, resume: bool, info: distributed
     if resume and checkpoint.latest(out) is None:
         raise OpenLAMError(f"{out}: --resume given but there is no checkpoint in {checkpoint.ckpt_dir(out)}")
     if cfg.data.labels is not None:  # labels of another gap or LAM are refused before anything is built
-        check_labels(Path(cfg.data.labels), json.loads((Path(cfg.data.labels) / "labels.json").read_text()), cfg.expect_gap, cfg.expect_lam)
+        meta_path = Path(cfg.data.labels) / "labels.json"
+        if not meta_path.is_file():
+            raise DataError(meta_path, "(file)", "the labels.json of an `openlam label` output folder (data.labels)", "missing")
+        check_labels(Path(cfg.data.labels), json.loads(meta_path.read_text()), cfg.expect_gap, cfg.expect_lam)
     ckpt = None
     if resume:
         ckpt = checkpoint.load_latest(out)
         check_resume(cfg, out, ckpt[1])
+        check_policy_inputs(out, inputs_fingerprint(cfg))
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -125,19 +157,18 @@ def _train(cfg: PolicyTrainConfig, stage: Stage, resume: bool, info: distributed
             policy.state_mean.copy_(st.mean(0))
             policy.state_std.copy_(st.std(0).clamp_min(1e-3))
     policy = policy.to(device)
-    log = RunLogger(out, cfg.steps, ckpt[1] if ckpt else 0, info.main)
 
     def record() -> None:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
         atomic_write_json(out / "inputs.json", {
-            "stage": stage, "cache": str(cache.path.resolve()), "source_fingerprint": cache.meta["source_fingerprint"],
-            "labels": str(Path(cfg.data.labels).resolve()) if cfg.data.labels else None, "views": train_ds.views,
-            "episodes": train_ds.episodes, "rows": len(train_ds), "init": cfg.init,
+            "stage": stage, "cache": str(cache.path.resolve()), "labels": str(Path(cfg.data.labels).resolve()) if cfg.data.labels else None,
+            "views": train_ds.views, "episodes": train_ds.episodes, "rows": len(train_ds), "init": cfg.init,
+            "fingerprints": inputs_fingerprint(cfg),
         })
 
     job = Job(policy, train_ds, {"model": policy}, workers=cfg.data.workers, hooks=PolicyHooks(record),
               find_unused_parameters=False)
-    done = engine.run(cfg, job, info, device, out, ckpt, log)
+    done, log = engine.run(cfg, job, info, device, out, ckpt)
     result: dict[str, Any] = dict(done)
     if info.main:
         val = PolicyDataConfig(**{**to_dict(cfg.data), "split": "val", "episodes_per_task": None})
@@ -154,10 +185,12 @@ def _train(cfg: PolicyTrainConfig, stage: Stage, resume: bool, info: distributed
 
 @torch.no_grad()
 def evaluate(policy: Policy, ds: PolicyDataset, device: torch.device, max_rows: int = 2048, batch: int = 256) -> dict[str, float]:
-    """Held-out scores beside their floors. Latent: token accuracy and cross-entropy vs the most
-    frequent token per position of the held-out rows. Actions: NMSE per dim of the predicted first
-    action (1 = predicting the held-out mean), averaged over dims."""
+    """Held-out scores beside their floors. Latent: greedy token accuracy vs the most frequent token
+    per position of the held-out rows. Actions: NMSE per dim of the predicted first action (MSE over
+    the population variance: exactly 1 for predicting the held-out mean), averaged over the dims
+    that vary there; the flow head's noise is one seeded stream over all rows."""
     was = policy.training
+    gen = torch.Generator(device).manual_seed(0)
     policy.eval()
     idx = np.linspace(0, len(ds) - 1, min(len(ds), max_rows)).round().astype(int)
     out: dict[str, list[Any]] = {"pred": [], "true": []}
@@ -170,8 +203,7 @@ def evaluate(policy: Policy, ds: PolicyDataset, device: torch.device, max_rows: 
             out["true"].append(b.tokens.cpu())
         else:
             assert policy.action_head is not None and b.actions is not None
-            out["pred"].append(policy.action_head.act(policy.action_condition(feats, b.image, b.state),
-                                                      torch.Generator(device).manual_seed(0))[:, 0].cpu())
+            out["pred"].append(policy.action_head.act(policy.action_condition(feats, b.image, b.state), gen)[:, 0].cpu())
             out["true"].append(b.actions[:, 0].cpu())
     policy.train(was)
     pred, true = torch.cat(out["pred"]), torch.cat(out["true"])
@@ -179,6 +211,9 @@ def evaluate(policy: Policy, ds: PolicyDataset, device: torch.device, max_rows: 
         majority = torch.stack([true[:, k].bincount().argmax() for k in range(true.shape[1])])
         return {"token_acc": float((pred == true).float().mean()), "token_acc_majority": float((true == majority).float().mean()),
                 "sequence_acc": float((pred == true).all(1).float().mean())}
-    var = true.var(0).clamp_min(1e-8)
-    nmse = ((pred - true) ** 2).mean(0) / var
-    return {"action_nmse": float(nmse.mean()), **{f"action_nmse_{k}": float(v) for k, v in enumerate(nmse)}}
+    var = true.var(0, unbiased=False)
+    varies = var > 1e-8
+    if not varies.any():
+        raise DataError(ds.cache.path, "actions", "held-out actions that vary in at least one dim", "constant actions")
+    nmse = torch.where(varies, ((pred - true) ** 2).mean(0) / var.clamp_min(1e-8), torch.nan)
+    return {"action_nmse": float(nmse[varies].mean()), **{f"action_nmse_{k}": float(v) for k, v in enumerate(nmse)}}

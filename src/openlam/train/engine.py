@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from openlam.errors import OpenLAMError
+from openlam.errors import ConfigError, OpenLAMError
 from openlam.models.weights import load_strict
 from openlam.train import checkpoint, distributed
 from openlam.train.config import RunConfig
@@ -56,6 +56,10 @@ class Hooks:
     def record(self) -> None:
         """Write the run's record (rank 0), once its checkpoint (if any) has loaded."""
 
+    def attach(self, log: RunLogger) -> None:
+        """The run's logger, made once the checkpoint has loaded (a refused resume leaves the logs as they were)."""
+        self.log = log
+
 
 @dataclass
 class Job:
@@ -75,12 +79,14 @@ def _keep(batch: Any) -> Any:
 
 
 def param_groups(model: torch.nn.Module, wd: float, exclude: frozenset[int] | set[int] = frozenset()) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: not on norms, biases, positions, codebooks or queries."""
+    """Weight decay on matrices only: not on norms, biases, positions, codebooks, queries, a start
+    token or word embeddings."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in exclude:
             continue
-        (decay if p.ndim >= 2 and "pos" not in name and "codebook" not in name and "queries" not in name else no_decay).append(p)
+        embedding = "pos" in name or "codebook" in name or "queries" in name or "bos" in name or name.startswith("word.")
+        (decay if p.ndim >= 2 and not embedding else no_decay).append(p)
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -100,11 +106,14 @@ Checkpoint = tuple[Path, int, checkpoint.Weights, dict[str, Any]]
 
 
 def run(cfg: RunConfig, job: Job, info: distributed.DistInfo, device: torch.device, out: Path,
-        ckpt: Checkpoint | None, log: RunLogger) -> dict[str, Any]:
+        ckpt: Checkpoint | None) -> tuple[dict[str, Any], RunLogger]:
     """Train `job` from step 0 or from `ckpt` (checkpoint.load_latest) to cfg.steps or the time
-    limit, writing checkpoints on the way and at the end; returns {steps, stopped_by_time_limit,
-    train_time_s}. `log` starts at the checkpoint's step; the caller closes it."""
+    limit, writing checkpoints on the way and at the end. Returns {steps, stopped_by_time_limit,
+    train_time_s} and the run's logger, open for the caller's final numbers (the caller closes it)."""
     trainee, hooks = job.trainee, job.hooks
+    if len(job.dataset) < cfg.batch_size:  # type: ignore[arg-type]
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(job.dataset)} training rows "  # type: ignore[arg-type]
+                          "(fewer episodes or frames than one global batch): lower batch_size or use more data")
     aux_params = [p for g in job.aux_groups for p in g["params"]]
     aux_ids = {id(a) for a in aux_params}
     params = [p for p in trainee.parameters() if p.requires_grad and id(p) not in aux_ids]
@@ -135,6 +144,19 @@ def run(cfg: RunConfig, job: Job, info: distributed.DistInfo, device: torch.devi
             torch.cuda.set_rng_state(tstate["rng_cuda"])
     if info.main:
         hooks.record()
+    log = RunLogger(out, cfg.steps, start, info.main)
+    hooks.attach(log)
+    try:
+        return _loop(cfg, job, info, device, out, start, resumed_time, log, opt, sched, aux_opt, aux_sched, params, aux_params), log
+    except BaseException:
+        log.close()
+        raise
+
+
+def _loop(cfg: RunConfig, job: Job, info: distributed.DistInfo, device: torch.device, out: Path, start: int, resumed_time: float,
+          log: RunLogger, opt: torch.optim.Optimizer, sched: Any, aux_opt: torch.optim.Optimizer | None, aux_sched: Any,
+          params: list[torch.nn.Parameter], aux_params: list[torch.nn.Parameter]) -> dict[str, Any]:
+    trainee, hooks = job.trainee, job.hooks
     net: torch.nn.Module = trainee
     if info.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(trainee, device_ids=[device.index] if device.type == "cuda" else None,

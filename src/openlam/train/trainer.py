@@ -29,7 +29,6 @@ from openlam.train import checkpoint, distributed, engine
 from openlam.train.config import TrainConfig
 from openlam.train.engine import Hooks, Job
 from openlam.train.evaluate import preview_png, reconstruction_eval
-from openlam.train.logger import RunLogger
 from openlam.train.online_probe import OnlineProbe
 from openlam.train.run_record import cache_mismatch, check_inputs, check_resume
 
@@ -114,10 +113,10 @@ class LAMHooks(Hooks):
     """What a LAM adds to the engine's loop: EMA weights, dead-code restarts, codebook scalars and the
     collapse alarm, and (rank 0, outside the timed training) previews, evaluations and the online probe."""
 
-    def __init__(self, cfg: TrainConfig, model: LatentActionModel, ema: torch.nn.Module | None, log: RunLogger,
+    def __init__(self, cfg: TrainConfig, model: LatentActionModel, ema: torch.nn.Module | None,
                  device: torch.device, main: bool, record: Callable[[], None], out: Path, preview_batch: PairBatch | None,
                  eval_batches: list[PairBatch], probe: OnlineProbe | None):
-        self.cfg, self.model, self.ema, self.log, self.device, self.main = cfg, model, ema, log, device, main
+        self.cfg, self.model, self.ema, self.device, self.main = cfg, model, ema, device, main
         self._record, self.out, self.preview_batch, self.eval_batches, self.probe = record, out, preview_batch, eval_batches, probe
         self.restarted = torch.zeros((), device=device)  # dead codes re-seeded since the last flush
         self.probed: tuple[int, dict[str, float]] = (-1, {})
@@ -218,7 +217,6 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
     eval_ds = val_ds or train_ds
     eval_batches = _fixed_batches(eval_ds, min(cfg.batch_size, 64), cfg.eval_batches) if info.main else []
     preview_batch = _fixed_batches(eval_ds, 8, 1)[0] if info.main else None
-    log = RunLogger(out, cfg.steps, ckpt[1] if ckpt else 0, info.main)
     probe = None
     if info.main and cfg.probe_every:
         if val_ds is None or cache.action_space is None:
@@ -235,14 +233,14 @@ def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: t
             "train_episodes": sorted(train_ds.pairs_per_episode()),
         })
 
-    hooks = LAMHooks(cfg, model, ema, log, device, info.main, record, out, preview_batch, eval_batches, probe)
+    hooks = LAMHooks(cfg, model, ema, device, info.main, record, out, preview_batch, eval_batches, probe)
     modules: dict[str, torch.nn.Module] = {"model": model, "objective": objective}
     if ema is not None:
         modules["ema"] = ema.module
     # an objective that never decodes leaves the decoder without gradient (DDP must know)
     job = Job(Trainee(model, objective), train_ds, modules, objective.auxiliary_param_groups(),
               find_unused_parameters=not objective.decodes, workers=cfg.data.workers, hooks=hooks)
-    done = engine.run(cfg, job, info, device, out, ckpt, log)
+    done, log = engine.run(cfg, job, info, device, out, ckpt)
     last_step = done["steps"]
     probed = hooks.probed
     result: dict[str, Any] = dict(done)
