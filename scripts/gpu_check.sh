@@ -5,6 +5,8 @@
 #   2. a stage-1 run through the real CLI on CUDA with bf16 + compile, stopped half-way and resumed.
 #   3. the same through torchrun (NCCL process group, one rank).
 #   4. the CycleMimic and Motion-Focused tiny presets (extra decoder passes, a second optimiser).
+#   5. policies: stage 2 on actions (flow head, bf16 + compile) stopped half-way and resumed, then
+#      stage 3 from it with the bins head and the frozen perception encoder (on the synthetic goal task).
 # Usage: OUT=runs/gpu_check bash scripts/gpu_check.sh   (PY picks the interpreter, default python3;
 #        SECTIONS picks among "bench train objectives", default all three; PRESETS narrows the last)
 # Logs go to OUT; data and runs to WORK (default /tmp/openlam_gpu_check), so OUT stays a few files.
@@ -15,7 +17,7 @@ PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-400}
 WORK=${WORK:-/tmp/openlam_gpu_check}
-SECTIONS=${SECTIONS:-bench train objectives}
+SECTIONS=${SECTIONS:-bench train objectives policy}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}src
@@ -58,5 +60,23 @@ for preset in ${PRESETS:-$(has objectives && echo cyclemimic_tiny motion_focused
     ckpt_every=$STEPS time_limit_s=0 batch_size=64 "out=$WORK/$preset" steps=$((STEPS / 2)) \
     $([ "$DEVICE" = cuda ] && echo precision=bf16 compile=true) 2>&1 | tee -a "$OUT/train.log"; ok "train $preset" $?
 done
+if has policy; then
+  GOALS=$WORK/goals
+  $PY - "$GOALS" <<'PY' 2>&1 | tee -a "$OUT/policy.log"
+import sys
+from openlam.data.cache import CacheConfig, build_cache
+from openlam.data.lerobot_writer import write_lerobot
+from openlam.data.synthetic import goal_squares
+build_cache(write_lerobot(sys.argv[1] + "/ds", goal_squares(episodes_per_task=40, length=24, size=64), fps=10.0),
+            sys.argv[1] + "/cache", CacheConfig(size=64))
+print("cached", sys.argv[1])
+PY
+  POL=(configs/policy_tiny.yaml "data.cache=$GOALS/cache" "data.views=[cam]" "device=$DEVICE" log_every=25 batch_size=128 ckpt_every=$((STEPS / 2)))
+  [ "$DEVICE" = cuda ] && POL+=(precision=bf16 compile=true)
+  $PY -m openlam pretrain "${POL[@]}" head.kind=flow "out=$WORK/pre" steps=$((STEPS / 2)) 2>&1 | tee -a "$OUT/policy.log"; ok "pretrain first half" $?
+  $PY -m openlam pretrain --resume "${POL[@]}" head.kind=flow "out=$WORK/pre" steps=$STEPS 2>&1 | tee -a "$OUT/policy.log"; ok "pretrain resumed" $?
+  $PY -m openlam finetune "${POL[@]}" head.kind=bins head.perception=true "init=$WORK/pre" data.episodes_per_task=5 \
+    "out=$WORK/ft" steps=$((STEPS / 2)) 2>&1 | tee -a "$OUT/policy.log"; ok "finetune from it" $?
+fi
 cp docs/benchmarks.md "$OUT/benchmarks.md" 2>/dev/null
 cat "$OUT/summary.txt"
