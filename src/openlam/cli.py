@@ -120,7 +120,8 @@ def cmd_rollout(a: argparse.Namespace) -> int:
     r = rollout(a.policy, a.out, cfg)
     for task, t in r["tasks"].items():
         print(f"{task}: success {t['successes']}/{t['episodes']} = {t['rate']:.2f} (95% CI {t['ci'][0]:.2f}-{t['ci'][1]:.2f})")
-    print(f"wrote {a.out}/rollout.json and {len(r['videos'])} videos in {r['wall_s']:.0f} s")
+    n = sum(v.endswith(".mp4") for v in r["videos"])
+    print(f"wrote {a.out}/rollout.json and videos of {n} episodes (mp4 + GIF) in {r['wall_s']:.0f} s")
     return 0
 
 
