@@ -5,7 +5,6 @@ from a pretrained policy or from scratch). Writes <out>/model (policy folder) an
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -21,9 +20,8 @@ from openlam.label import labelled_cache
 from openlam.policy.config import PolicyDataConfig, PolicyTrainConfig
 from openlam.policy.data import PolicyBatch, PolicyDataset, check_labels, instructions, split_episodes
 from openlam.policy.model import ActionSpec, LatentSpec, Policy, PolicySpec, build_vocab
-from openlam.train import checkpoint, distributed, engine
+from openlam.train import distributed, engine
 from openlam.train.engine import Hooks, Job
-from openlam.train.run_record import check_resume
 
 Stage = Literal["pretrain", "finetune"]
 
@@ -120,26 +118,16 @@ class PolicyHooks(Hooks):
 def _train(cfg: PolicyTrainConfig, stage: Stage, resume: bool, info: distributed.DistInfo, device: torch.device, out: Path) -> dict[str, Any]:
     if stage == "finetune" and cfg.target != "actions":
         raise ConfigError("openlam finetune trains on actions (target=actions, data.cache); latent targets are stage 2: openlam pretrain")
-    if not resume and checkpoint.latest(out) is not None:
-        raise OpenLAMError(f"{out}: already has checkpoints; pass --resume to continue it, or choose another out")
-    if resume and checkpoint.latest(out) is None:
-        raise OpenLAMError(f"{out}: --resume given but there is no checkpoint in {checkpoint.ckpt_dir(out)}")
     if cfg.data.labels is not None:  # labels of another gap or LAM are refused before anything is built
         meta_path = Path(cfg.data.labels) / "labels.json"
         if not meta_path.is_file():
             raise DataError(meta_path, "(file)", "the labels.json of an `openlam label` output folder (data.labels)", "missing")
         check_labels(Path(cfg.data.labels), json.loads(meta_path.read_text()), cfg.expect_gap, cfg.expect_lam)
-    ckpt = None
-    if resume:
-        ckpt = checkpoint.load_latest(out)
-        check_resume(cfg, out, ckpt[1])
+    ckpt = engine.begin(cfg, out, resume)
+    if ckpt is not None:
         check_policy_inputs(out, inputs_fingerprint(cfg))
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
     cache = _data_cache(cfg)
     init = Policy.from_pretrained(cfg.init) if cfg.init is not None else None
     policy, carried = build_policy(cfg, cache, init)

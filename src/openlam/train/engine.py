@@ -105,6 +105,29 @@ def lr_lambda(cfg: RunConfig):  # type: ignore[no-untyped-def]
 Checkpoint = tuple[Path, int, checkpoint.Weights, dict[str, Any]]
 
 
+def begin(cfg: RunConfig, out: Path, resume: bool) -> Checkpoint | None:
+    """Before anything is read or written (on every rank, so none waits alone): a fresh run refuses an
+    out with checkpoints, a resume needs one and a config that does not change the run. Returns the
+    checkpoint to resume from; then seeds the global RNG (and deterministic kernels if asked)."""
+    import os
+
+    from openlam.train.run_record import check_resume
+
+    if not resume and checkpoint.latest(out) is not None:
+        raise OpenLAMError(f"{out}: already has checkpoints; pass --resume to continue it, or choose another out")
+    if resume and checkpoint.latest(out) is None:
+        raise OpenLAMError(f"{out}: --resume given but there is no checkpoint in {checkpoint.ckpt_dir(out)}")
+    ckpt = None
+    if resume:  # a refused resume leaves the run's record as it was
+        ckpt = checkpoint.load_latest(out)
+        check_resume(cfg, out, ckpt[1])
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+        torch.use_deterministic_algorithms(True)
+    return ckpt
+
+
 def run(cfg: RunConfig, job: Job, info: distributed.DistInfo, device: torch.device, out: Path,
         ckpt: Checkpoint | None) -> tuple[dict[str, Any], RunLogger]:
     """Train `job` from step 0 or from `ckpt` (checkpoint.load_latest) to cfg.steps or the time

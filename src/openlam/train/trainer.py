@@ -8,7 +8,6 @@ summary. `torchrun --nproc_per_node N -m openlam train ...` runs it under DDP.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from collections.abc import Callable
@@ -25,12 +24,12 @@ from openlam.errors import ConfigError, OpenLAMError
 from openlam.models.lam import LatentActionModel
 from openlam.objectives import Composite, build_objective
 from openlam.objectives.base import ObjectiveContext
-from openlam.train import checkpoint, distributed, engine
+from openlam.train import distributed, engine
 from openlam.train.config import TrainConfig
 from openlam.train.engine import Hooks, Job
 from openlam.train.evaluate import preview_png, reconstruction_eval
 from openlam.train.online_probe import OnlineProbe
-from openlam.train.run_record import cache_mismatch, check_inputs, check_resume
+from openlam.train.run_record import cache_mismatch, check_inputs
 
 
 class Trainee(torch.nn.Module):
@@ -185,20 +184,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
 
 def _train(cfg: TrainConfig, resume: bool, info: distributed.DistInfo, device: torch.device, out: Path) -> dict[str, Any]:
-    if not resume and checkpoint.latest(out) is not None:  # checked on every rank: no rank waits alone
-        raise OpenLAMError(f"{out}: already has checkpoints; pass --resume to continue it, or choose another out")
+    ckpt = engine.begin(cfg, out, resume)
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
-    if resume and checkpoint.latest(out) is None:
-        raise OpenLAMError(f"{out}: --resume given but there is no checkpoint in {checkpoint.ckpt_dir(out)}")
-    ckpt = None
-    if resume:  # before anything is read or written: a refused resume leaves the run's record as it was
-        ckpt = checkpoint.load_latest(out)
-        check_resume(cfg, out, ckpt[1])
-    torch.manual_seed(cfg.seed)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
-        torch.use_deterministic_algorithms(True)
     cache = resolve_cache(cfg, out, info.main, resume)
     if resume:
         check_inputs(out, cache.meta, cache.path)
