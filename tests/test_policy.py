@@ -262,6 +262,28 @@ def test_action_chunks_stop_at_their_episode_and_rows_read_their_own_frames(goal
         assert np.array_equal(b.image[k].permute(1, 2, 0).numpy(), frames[g]) and np.array_equal(b.state[k].numpy(), state[g])
 
 
+def test_shuffled_tokens_keep_the_targets_but_not_their_frames(goals, oracle_labels):
+    """The control for latent pretraining: the same token tuples (same marginals), permuted across
+    rows by the seed, so a token no longer goes with its frame; off, the labels are untouched."""
+    from openlam.policy.config import PolicyDataConfig
+    from openlam.policy.data import PolicyDataset
+
+    pol = Policy(PolicySpec(from_dict(PolicyModelConfig, MODEL), build_vocab(["move the square to the red dot"]), {}, ["cam"]))
+    make = lambda **kw: PolicyDataset.from_labels(oracle_labels, from_dict(PolicyDataConfig, {"labels": str(oracle_labels), **kw}),  # noqa: E731
+                                                  pol.encode_instructions, 16)
+    plain, shuffled, again, other = make(), make(shuffle_tokens=True), make(shuffle_tokens=True), make(shuffle_tokens=True, subset_seed=1)
+    assert np.array_equal(plain.frame, shuffled.frame)  # the same rows, frames and views
+    assert sorted(map(tuple, plain.tokens)) == sorted(map(tuple, shuffled.tokens))
+    assert np.array_equal(shuffled.tokens, again.tokens) and not np.array_equal(shuffled.tokens, other.tokens)
+    assert (plain.tokens != shuffled.tokens).any(1).mean() > 0.5
+    # the oracle tokens are the action's quartiles: in place they follow the action, shuffled they do not
+    acts = np.asarray(FrameCache(goals).actions())[plain.frame, 0]
+    corr = lambda t: abs(np.corrcoef(t[:, 0], acts)[0, 1])  # noqa: E731
+    assert corr(plain.tokens) > 0.6 and corr(shuffled.tokens) < 0.1
+    with pytest.raises(ConfigError, match="shuffle_tokens"):
+        from_dict(PolicyDataConfig, {"cache": str(goals), "shuffle_tokens": True})
+
+
 def test_bad_inputs_fail_before_training(goals, labels, tmp_path):
     lab = {"data.labels": str(labels), "data.cache": None, "target": "latent"}
     with pytest.raises(DataError, match="gap"):
@@ -404,7 +426,7 @@ def test_policy_experiment_end_to_end_is_paired_and_resumable(tmp_path):
         "generate": {"tasks": ["reach-v3"], "episodes": 8, "cameras": ["corner"], "size": 32, "max_steps": 24, "workers": 1,
                      "splits": {"val_fraction": 0.2, "test_fraction": 0.2}},
         "data_root": str(tmp_path / "bench"),
-        "arms": [{"name": "recon", "config": "configs/lapa_tiny.yaml"}],
+        "arms": [{"name": "recon", "config": "configs/lapa_tiny.yaml"}], "shuffled": "recon",
         "train": ["steps=6", "batch_size=8", "model.image_size=32", "data.gap.frames=2", "data.gap.seconds=null", "log_every=3",
                   "preview_every=0", "ckpt_every=6", "eval_batches=1", "time_limit_s=0", "data.workers=0"],
         "policy": "configs/policy_tiny.yaml",
@@ -419,7 +441,12 @@ def test_policy_experiment_end_to_end_is_paired_and_resumable(tmp_path):
     assert main(["experiment", str(path)]) == 0
     numbers = json.loads((tmp_path / "docs" / "results" / "policy_toy_cpu.json").read_text())
     runs = numbers["runs"]
-    assert sorted({(r["row"], r["seed"]) for r in runs}) == sorted((row, s) for row in ("scratch", "latent:recon", "actions") for s in (0, 1))
+    rows = ("scratch", "latent:recon", "shuffled:recon", "actions")
+    assert sorted({(r["row"], r["seed"]) for r in runs}) == sorted((row, s) for row in rows for s in (0, 1))
+    pre = {row: json.loads((tmp_path / "exp" / "policies" / f"pre-{row.replace(':', '-')}-s0" / "experiment_run.json").read_text())["config"]
+           for row in ("latent:recon", "shuffled:recon")}
+    assert pre["latent:recon"]["data"]["labels"] == pre["shuffled:recon"]["data"]["labels"]  # the same labels, only permuted
+    assert (pre["latent:recon"]["data"]["shuffle_tokens"], pre["shuffled:recon"]["data"]["shuffle_tokens"]) == (False, True)
     # paired: every row of a seed finetunes on the same demo episodes and rolls out from the same starts
     for s in (0, 1):
         rs = [r for r in runs if r["seed"] == s]
@@ -437,3 +464,12 @@ def test_policy_experiment_end_to_end_is_paired_and_resumable(tmp_path):
     before = {p: p.stat().st_mtime for p in (tmp_path / "exp").rglob("model.safetensors")}
     assert main(["experiment", str(path)]) == 0  # resumable: every run, label and rollout is reused
     assert before == {p: p.stat().st_mtime for p in (tmp_path / "exp").rglob("model.safetensors")}
+    # a run recorded before a config field existed had its default in effect: still reused
+    key_path = tmp_path / "exp" / "policies" / "ft-scratch-n2-s0" / "experiment_run.json"
+    key = json.loads(key_path.read_text())
+    del key["config"]["data"]["shuffle_tokens"]
+    key_path.write_text(json.dumps(key))
+    assert main(["experiment", str(path)]) == 0
+    assert before == {p: p.stat().st_mtime for p in (tmp_path / "exp").rglob("model.safetensors")}
+    key_path.unlink()  # a finished run whose making is unknown is refused, not reused
+    assert main(["experiment", str(path)]) == 2

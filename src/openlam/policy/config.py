@@ -64,11 +64,17 @@ class PolicyDataConfig:
     views: list[str] | None = None  # cameras the policy learns from; None: every camera of the split
     episodes_per_task: int | None = None  # few demos: the first N (nested, seeded) of each task; None: all
     subset_seed: int = 0
+    # a control for latent pretraining: the labels' token tuples permuted across the rows (seeded by
+    # subset_seed), so stage 2 sees the same targets with no relation to the frames; any gain it gives
+    # over scratch is the gain of pretraining as such, not of the latent actions
+    shuffle_tokens: bool = False
     workers: int = 0
 
     def validate(self) -> None:
         if (self.labels is None) == (self.cache is None):
             raise ConfigError("data: give exactly one of data.labels (latent targets) or data.cache (action targets)")
+        if self.shuffle_tokens and self.labels is None:
+            raise ConfigError("data.shuffle_tokens permutes latent labels: it needs data.labels")
         if self.episodes_per_task is not None and self.episodes_per_task < 1:
             raise ConfigError(f"data.episodes_per_task must be >= 1 or null (all), got {self.episodes_per_task}")
 

@@ -129,6 +129,8 @@ class PolicyDataset(torch.utils.data.Dataset):
             raise DataError(labels / "labels.json", "episodes", f"labels for episodes of split '{cfg.split}'", "none")
         K = meta["num_tokens"]
         tokens = np.asarray(table.column("tokens").combine_chunks().flatten().to_numpy(), np.int64).reshape(-1, K)[keep]
+        if cfg.shuffle_tokens:
+            tokens = tokens[np.random.default_rng(cfg.subset_seed).permutation(len(tokens))]
         starts = cache.starts
         frame = starts[ep[keep]] + table.column("frame").to_numpy()[keep]
         return cls(cache, eps, views, instruction_ids(cache, eps, encode, max_words), frame, view[keep], ep[keep], tokens=tokens)

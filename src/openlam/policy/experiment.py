@@ -4,7 +4,8 @@ One command, resumable: the benchmark's videos (generated and cached once, share
 experiments), each LAM trained on them (a finished run with the same config is reused: point `lam_out`
 at another experiment's runs to share them) and labelling them, a policy pretrained per source
 (every LAM's tokens; the real actions as the upper bound), then per number of demos and seed the
-same finetuning from each pretrained policy and from scratch, and closed-loop rollouts from the
+same finetuning from each pretrained policy and from scratch (and, as a control, from a policy
+pretrained on one LAM's tokens permuted across frames), and closed-loop rollouts from the
 same initial states for every row (paired). Writes a results section (success with Wilson
 intervals, paired differences to scratch over seeds, held-out numbers, compute per stage), a JSON
 of every number and a bar chart.
@@ -28,7 +29,7 @@ from openlam.policy.config import PolicyTrainConfig
 from openlam.policy.rollout import RolloutConfig
 from openlam.sim.generate import GenerateConfig
 
-SCRATCH, ACTIONS = "scratch", "actions"
+SCRATCH, ACTIONS, SHUFFLED = "scratch", "actions", "shuffled:"
 
 
 @dataclass
@@ -40,6 +41,9 @@ class PolicyExperimentConfig:
     arms: list[ArmConfig] = field(default_factory=list)  # the LAMs whose tokens pretrain a policy
     train: list[str] = field(default_factory=list)  # KEY=VALUE on every LAM's TrainConfig
     lam_out: str | None = None  # where the LAM runs live (another experiment's out shares its runs); None: out
+    # the control row 'shuffled:<arm>': pretrained on that arm's labels with the token tuples permuted
+    # across rows (same targets, no relation to the frames): what pretraining gives without latent actions
+    shuffled: str | None = None
     policy: str = "configs/policy_tiny.yaml"  # the PolicyTrainConfig of every policy run
     policy_overrides: list[str] = field(default_factory=list)  # KEY=VALUE on every policy run
     pretrain: list[str] = field(default_factory=list)  # ... on stage 2 runs only
@@ -57,11 +61,13 @@ class PolicyExperimentConfig:
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names) or {SCRATCH, ACTIONS} & set(names):
             raise ConfigError(f"experiment: LAM arm names must be unique and not '{SCRATCH}' or '{ACTIONS}', got {names}")
+        if self.shuffled is not None and self.shuffled not in names:
+            raise ConfigError(f"experiment.shuffled: '{self.shuffled}' is not a LAM arm ({names})")
         if not self.seeds or not self.demos or min(self.demos) < 1:
             raise ConfigError("experiment: need seeds and demos (episodes per task, each >= 1)")
 
     def rows(self) -> list[str]:
-        return [SCRATCH, *[f"latent:{a.name}" for a in self.arms], ACTIONS]
+        return [SCRATCH, *[f"latent:{a.name}" for a in self.arms], *([f"{SHUFFLED}{self.shuffled}"] if self.shuffled else []), ACTIONS]
 
 
 def load_policy_experiment(path: str | Path, overrides: list[str]) -> PolicyExperimentConfig:
@@ -84,6 +90,8 @@ def policy_config(cfg: PolicyExperimentConfig, stage: str, row: str, seed: int, 
                                         else f"ft-{row.replace(':', '-')}-n{demos}-s{seed}")
     data = ([f"data.labels={labels}", "data.cache=null", "target=latent", f"expect_lam={lam_run}"] if labels is not None
             else [f"data.cache={cache}", "data.labels=null", "target=actions"])
+    if row.startswith(SHUFFLED) and labels is not None:  # stage 2 of the control row; its finetuning is like every row's
+        data.append("data.shuffle_tokens=true")
     extra = [f"init={init}" if init is not None else "init=null",
              f"data.episodes_per_task={demos}" if stage == "finetune" else "data.episodes_per_task=null"]
     p = load_config(PolicyTrainConfig, cfg.policy, [*cfg.policy_overrides, *(cfg.pretrain if stage == "pretrain" else cfg.finetune),
@@ -108,16 +116,27 @@ def _policy_run(pcfg: PolicyTrainConfig, stage: str) -> tuple[Path, dict[str, An
     key = {"stage": stage, "config": to_dict(pcfg), "inputs": inputs_fingerprint(pcfg)}
     if key_path.is_file():
         old = json.loads(key_path.read_text())
-        if old.get("stage") != stage or old.get("config") != key["config"]:
+        if old.get("stage") != stage or _as_current(old.get("config")) != key["config"]:
             raise OpenLAMError(f"{run}: made by another experiment config (see {key_path}); remove it or choose another out")
         if old.get("inputs") != key["inputs"]:
             print(f"experiment: {run} was trained on other inputs ({old.get('inputs')} -> {key['inputs']}); training it again")
             shutil.rmtree(run)
+    elif (run / "summary.json").is_file():
+        raise OpenLAMError(f"{run}: a finished run without {key_path.name}, so what made it cannot be checked; remove it or choose another out")
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(key_path, key)
     if not (run / "summary.json").is_file():
         train_policy(pcfg, stage, resume=checkpoint.latest(run) is not None)  # type: ignore[arg-type]
     return run, json.loads((run / "summary.json").read_text())
+
+
+def _as_current(config: Any) -> dict[str, Any] | None:
+    """A recorded policy config read by today's PolicyTrainConfig: a field added since the run was
+    made takes its default (which the run had in effect); None if it no longer reads."""
+    try:
+        return to_dict(from_dict(PolicyTrainConfig, config))
+    except (ConfigError, TypeError):
+        return None
 
 
 def _rollout(cfg: PolicyExperimentConfig, run: Path) -> dict[str, Any]:
@@ -186,8 +205,8 @@ def run_policy_experiment(cfg: PolicyExperimentConfig) -> dict[str, Any]:
             lam, train_s = train_run(cfg, arm, seed, cache, lam_root)
             lam_s[arm.name].append(train_s)
             labels = _labels(lam, cache, out / "labels" / f"{arm.name}-s{seed}", views)
-            row = f"latent:{arm.name}"
-            pre[row] = _policy_run(policy_config(cfg, "pretrain", row, seed, cache, labels, None, None, lam), "pretrain")
+            for row in [f"latent:{arm.name}", *([f"{SHUFFLED}{arm.name}"] if arm.name == cfg.shuffled else [])]:
+                pre[row] = _policy_run(policy_config(cfg, "pretrain", row, seed, cache, labels, None, None, lam), "pretrain")
         pre[ACTIONS] = _policy_run(policy_config(cfg, "pretrain", ACTIONS, seed, cache, None, None, None), "pretrain")
         for n in cfg.demos:
             for row in cfg.rows():
@@ -253,7 +272,10 @@ def results_section(cfg: PolicyExperimentConfig, records: list[dict[str, Any]], 
         f"stage 3 `{' '.join(cfg.finetune)}` on {', '.join(map(str, cfg.demos))} demos per task (the first of each task's "
         f"train episodes in a seeded nested order). Rollouts: {eps} episodes per task, at most {cfg.rollout.max_steps} steps, "
         f"camera {cfg.rollout.camera or 'the policy’s first'}, the same initial states for every row (seed {cfg.rollout.seed}). "
-        f"Seeds {cfg.seeds}: seed s trains LAM s, its labels, each pretrained policy and each finetuning.", "",
+        f"Seeds {cfg.seeds}: seed s trains LAM s, its labels, each pretrained policy and each finetuning."
+        + (f" Control row {SHUFFLED}{cfg.shuffled}: stage 2 on {cfg.shuffled}'s labels with the token tuples permuted across "
+           "rows (the same targets, unrelated to the frames), so its gain over scratch is what pretraining gives without "
+           "latent actions." if cfg.shuffled else ""), "",
         f"Wall time of this invocation: {wall / 60:.1f} min (data {data_s / 60:.1f} min). Every number, per run, in `{numbers}`.", "",
     ]
     for n in cfg.demos:
