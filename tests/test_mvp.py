@@ -284,17 +284,16 @@ def test_experiments_share_one_generated_benchmark(tmp_path, monkeypatch):
 def test_a_run_made_before_a_config_field_existed_is_still_this_experiments():
     """An experiment reuses a finished run whose recorded config lacks a field added since (it ran
     with that field's default); a changed value or a field that no longer exists is another run."""
-    from openlam.config import to_dict
-    from openlam.experiment import _as_current
+    from openlam.config import as_current, to_dict
     from openlam.train.config import TrainConfig
 
-    now = {"train": to_dict(TrainConfig()), "data": {"k": 1}}
+    now = to_dict(TrainConfig())
     old = json.loads(json.dumps(now))
-    del old["train"]["model"]["quantizer"]["warmup_steps"]
-    assert _as_current(old) == now
+    del old["model"]["quantizer"]["warmup_steps"]
+    assert as_current(TrainConfig, old) == now
     changed = json.loads(json.dumps(now))
-    changed["train"]["model"]["quantizer"]["num_tokens"] = 5
-    assert _as_current(changed) != now
+    changed["model"]["quantizer"]["num_tokens"] = 5
+    assert as_current(TrainConfig, changed) != now
     gone = json.loads(json.dumps(now))
-    gone["train"]["model"]["quantizer"]["removed_field"] = 1
-    assert _as_current(gone) is None
+    gone["model"]["quantizer"]["removed_field"] = 1
+    assert as_current(TrainConfig, gone) is None

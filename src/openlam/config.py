@@ -174,5 +174,14 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {k: conv(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+def as_current(cls: type, recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A config recorded by an earlier run, read by today's `cls`: a field added since takes its
+    default (which that run had in effect); None if it no longer reads."""
+    try:
+        return to_dict(from_dict(cls, recorded))
+    except ConfigError:
+        return None
+
+
 def dump_config(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from openlam.config import apply_overrides, from_dict, load_config, to_dict
+from openlam.config import apply_overrides, as_current, from_dict, load_config, to_dict
 from openlam.errors import ConfigError
 from openlam.eval.suite import EvalConfig
 from openlam.sim.generate import GenerateConfig
@@ -160,30 +160,20 @@ def arm_eval_config(cfg: ExperimentConfig, arm: ArmConfig) -> EvalConfig:
     return ecfg
 
 
-def _as_current(key: dict[str, Any]) -> dict[str, Any] | None:
-    """A run's recorded key with its train config read by today's TrainConfig: a field added since
-    the run was made takes its default (which the run had in effect); None if it no longer reads."""
-    from openlam.errors import ConfigError
-    from openlam.train.config import TrainConfig
-
-    try:
-        return {**key, "train": to_dict(from_dict(TrainConfig, key.get("train")))}
-    except ConfigError:
-        return None
-
-
 def train_run(cfg: Any, arm: ArmConfig, seed: int, cache: Path, out: Path) -> tuple[Path, float]:
     """Train (or resume, or reuse a finished run made from the same config) one arm x seed; `cfg`
     gives the common overrides (`train`) and the data. Returns the run folder and its training time."""
     from openlam.artifacts import atomic_write_json
     from openlam.errors import OpenLAMError
     from openlam.train import checkpoint
+    from openlam.train.config import TrainConfig
     from openlam.train.trainer import train
 
     tcfg = _train_config(cfg, arm, seed, cache, out)
     run = Path(tcfg.out)
     key_path, key = run / "experiment_run.json", {"train": to_dict(tcfg), "data": data_key(cfg)}
-    if key_path.is_file() and _as_current(json.loads(key_path.read_text())) != key:
+    old = json.loads(key_path.read_text()) if key_path.is_file() else None
+    if old is not None and {**old, "train": as_current(TrainConfig, old.get("train"))} != key:  # fields added since: their defaults
         raise OpenLAMError(f"{run}: made by another experiment config (see {key_path}); remove it or choose another out")
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(key_path, key)

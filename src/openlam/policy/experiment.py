@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from openlam.config import from_dict, load_config, to_dict
+from openlam.config import as_current, from_dict, load_config, to_dict
 from openlam.errors import ConfigError
 from openlam.experiment import ArmConfig, benchmark_dir, data_key, experiment_data, prepare_data, train_run
 from openlam.policy.config import PolicyTrainConfig
@@ -116,7 +116,7 @@ def _policy_run(pcfg: PolicyTrainConfig, stage: str) -> tuple[Path, dict[str, An
     key = {"stage": stage, "config": to_dict(pcfg), "inputs": inputs_fingerprint(pcfg)}
     if key_path.is_file():
         old = json.loads(key_path.read_text())
-        if old.get("stage") != stage or _as_current(old.get("config")) != key["config"]:
+        if old.get("stage") != stage or as_current(PolicyTrainConfig, old.get("config")) != key["config"]:
             raise OpenLAMError(f"{run}: made by another experiment config (see {key_path}); remove it or choose another out")
         if old.get("inputs") != key["inputs"]:
             print(f"experiment: {run} was trained on other inputs ({old.get('inputs')} -> {key['inputs']}); training it again")
@@ -128,15 +128,6 @@ def _policy_run(pcfg: PolicyTrainConfig, stage: str) -> tuple[Path, dict[str, An
     if not (run / "summary.json").is_file():
         train_policy(pcfg, stage, resume=checkpoint.latest(run) is not None)  # type: ignore[arg-type]
     return run, json.loads((run / "summary.json").read_text())
-
-
-def _as_current(config: Any) -> dict[str, Any] | None:
-    """A recorded policy config read by today's PolicyTrainConfig: a field added since the run was
-    made takes its default (which the run had in effect); None if it no longer reads."""
-    try:
-        return to_dict(from_dict(PolicyTrainConfig, config))
-    except (ConfigError, TypeError):
-        return None
 
 
 def _rollout(cfg: PolicyExperimentConfig, run: Path) -> dict[str, Any]:
